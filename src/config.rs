@@ -1,0 +1,340 @@
+//! Configuration: the agentgateway YAML subset ringgate implements, compiled
+//! into an immutable [`Config`] that worker threads share through an `Arc`.
+//!
+//! Loading is two steps: YAML text -> `serde_yaml_ng::Value`, then a walk
+//! (`compile`) that checks every key, reports every problem with its YAML path,
+//! and builds typed values. A key ringgate does not implement is an error, never
+//! ignored: a security proxy that skips a policy it did not understand lets
+//! people in.
+
+mod compile;
+mod policies;
+pub mod yaml;
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use yaml::{ConfigError, ConfigErrors};
+
+/// Default limits; README documents each one next to its key under `config.http`.
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 16 * 1024;
+pub const DEFAULT_MAX_URI_BYTES: usize = 8 * 1024;
+pub const DEFAULT_MAX_HEADERS: usize = 64;
+/// httparse needs a fixed array of header slots; this caps `maxHeaders`.
+pub const MAX_HEADERS_CAP: usize = 256;
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_MAX_CONNECTIONS_PER_WORKER: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `config.workerThreads`; `None` means one worker per core.
+    pub worker_threads: Option<usize>,
+    pub io_driver: IoDriver,
+    pub logging: Logging,
+    pub limits: Limits,
+    pub access_log: AccessLog,
+    pub binds: Vec<Bind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoDriver {
+    /// io_uring when the kernel allows it, epoll otherwise.
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+impl std::str::FromStr for IoDriver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IoDriver::Auto),
+            "io_uring" | "io-uring" | "iouring" => Ok(IoDriver::IoUring),
+            "epoll" | "legacy" => Ok(IoDriver::Epoll),
+            _ => Err(format!(
+                "unknown io driver {s:?} (expected auto, io_uring or epoll)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Logging {
+    /// A `tracing` filter such as `info` or `ringgate=debug`.
+    pub level: Option<String>,
+    pub format: LogFormat,
+}
+
+/// HTTP limits, per connection unless named otherwise.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_uri_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    /// From the first byte of a request head (or the accept) to its end.
+    pub header_read_timeout: Duration,
+    /// For a whole request body.
+    pub body_read_timeout: Duration,
+    /// Between requests on a kept-alive connection.
+    pub idle_timeout: Duration,
+    /// For writing one response.
+    pub write_timeout: Duration,
+    pub max_connections_per_worker: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
+            max_uri_bytes: DEFAULT_MAX_URI_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            header_read_timeout: Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS),
+            body_read_timeout: Duration::from_millis(DEFAULT_BODY_READ_TIMEOUT_MS),
+            idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
+            write_timeout: Duration::from_millis(DEFAULT_WRITE_TIMEOUT_MS),
+            max_connections_per_worker: DEFAULT_MAX_CONNECTIONS_PER_WORKER,
+        }
+    }
+}
+
+/// `frontendPolicies.accessLog`.
+#[derive(Debug, Clone, Default)]
+pub struct AccessLog {
+    /// Extra fields, in config order: (field name, CEL source).
+    pub add: Vec<(String, String)>,
+    /// CEL source of a boolean; a line is written only when it is true.
+    pub filter: Option<String>,
+    /// Built-in fields to leave out.
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Bind {
+    pub port: u16,
+    /// ringgate extension `binds[].address`; `None` binds `[::]` dual-stack,
+    /// or `0.0.0.0` when the host has no IPv6.
+    pub address: Option<IpAddr>,
+    pub listeners: Vec<Listener>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    /// Serve only requests whose Host matches (`*.example.com` allowed).
+    pub hostname: Option<String>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    /// Empty means every path.
+    pub matches: Vec<PathMatch>,
+    pub policies: Policies,
+    pub backend: Option<Backend>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    /// Matches whole path segments: `/mcp` matches `/mcp` and `/mcp/x`, not `/mcpx`.
+    Prefix(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Policies {
+    pub cors: Option<Cors>,
+    pub ext_authz: Option<ExtAuthz>,
+    pub direct_response: Option<DirectResponse>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Cors {
+    pub allow_origins: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub allow_methods: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub allow_credentials: bool,
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    Deny,
+    Allow,
+    DenyWithStatus(u16),
+}
+
+#[derive(Debug, Clone)]
+pub struct ExtAuthz {
+    /// `unix:/path` or `host:port`.
+    pub host: String,
+    /// CEL source of the check request's path.
+    pub path: String,
+    /// (header name, CEL source); `:authority` and `:method` are pseudo-headers.
+    pub add_request_headers: Vec<(String, String)>,
+    /// (key, CEL source), evaluated once per authz answer.
+    pub metadata: Vec<(String, String)>,
+    pub failure_mode: FailureMode,
+    pub timeout: Duration,
+    pub cache: AuthzCache,
+}
+
+pub const DEFAULT_AUTHZ_TIMEOUT_MS: u64 = 1_000;
+pub const DEFAULT_AUTHZ_CACHE_TTL_MS: u64 = 30_000;
+pub const DEFAULT_AUTHZ_CACHE_NEGATIVE_TTL_MS: u64 = 5_000;
+pub const DEFAULT_AUTHZ_CACHE_MAX_ENTRIES: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct AuthzCache {
+    /// CEL source of the cache key; `None` keys by the rendered check request.
+    pub key: Option<String>,
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    /// Zero disables the cache.
+    pub max_entries: usize,
+}
+
+impl Default for AuthzCache {
+    fn default() -> Self {
+        AuthzCache {
+            key: None,
+            ttl: Duration::from_millis(DEFAULT_AUTHZ_CACHE_TTL_MS),
+            negative_ttl: Duration::from_millis(DEFAULT_AUTHZ_CACHE_NEGATIVE_TTL_MS),
+            max_entries: DEFAULT_AUTHZ_CACHE_MAX_ENTRIES,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DirectResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Mcp(McpBackend),
+}
+
+#[derive(Debug, Clone)]
+pub struct McpBackend {
+    pub target: String,
+    pub cmd: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Config {
+    /// Parses and compiles a config from YAML text, reporting every problem.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigErrors> {
+        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
+            let mut errs = ConfigErrors::default();
+            let at = e
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            errs.push("", format!("invalid YAML{at}: {e}"));
+            errs
+        })?;
+        compile::compile(&value)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let mut errs = ConfigErrors::default();
+            errs.push("", format!("cannot read {}: {e}", path.display()));
+            errs
+        })?;
+        Config::from_yaml(&text)
+    }
+}
+
+impl Route {
+    /// How well this route matches `path`: `None` for no match, else a rank
+    /// where higher is more specific (exact beats prefix, longer prefix wins).
+    pub fn match_rank(&self, path: &str) -> Option<usize> {
+        let path = path.split('?').next().unwrap_or(path);
+        if self.matches.is_empty() {
+            return Some(0);
+        }
+        self.matches
+            .iter()
+            .filter_map(|m| match m {
+                PathMatch::Exact(p) => (p == path).then_some(usize::MAX),
+                PathMatch::Prefix(p) => prefix_matches(p, path).then_some(p.len() + 1),
+            })
+            .max()
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.is_empty() {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+impl Listener {
+    /// The most specific route for `path`; ties go to the first in config order.
+    pub fn route(&self, path: &str) -> Option<&Route> {
+        let mut best: Option<(usize, &Route)> = None;
+        for r in &self.routes {
+            if let Some(rank) = r.match_rank(path) {
+                if best.is_none_or(|(b, _)| rank > b) {
+                    best = Some((rank, r));
+                }
+            }
+        }
+        best.map(|(_, r)| r)
+    }
+
+    pub fn matches_host(&self, host: &str) -> bool {
+        let Some(want) = &self.hostname else {
+            return true;
+        };
+        let host = strip_port(host);
+        match want.strip_prefix("*.") {
+            Some(suffix) => host.len() > suffix.len() + 1 && {
+                let (head, tail) = host.split_at(host.len() - suffix.len());
+                tail.eq_ignore_ascii_case(suffix) && head.ends_with('.')
+            },
+            None => host.eq_ignore_ascii_case(want),
+        }
+    }
+}
+
+/// `example.com:80` -> `example.com`, `[::1]:80` -> `[::1]`.
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(i) => &host[..=i],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(i) => &host[..i],
+        None => host,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,183 @@
+use super::*;
+
+const SEED: &str = include_str!("../../config/tailscale.yaml");
+
+fn errors(yaml: &str) -> Vec<String> {
+    match Config::from_yaml(yaml) {
+        Ok(_) => panic!("config unexpectedly valid:\n{yaml}"),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn seed_config_loads_unchanged() {
+    let cfg = Config::from_yaml(SEED).expect("seed config is valid");
+    assert_eq!(cfg.binds.len(), 1);
+    assert_eq!(cfg.binds[0].port, 3000);
+    let l = &cfg.binds[0].listeners[0];
+    assert_eq!(l.name, "default");
+    let r = &l.routes[0];
+    assert_eq!(r.name, "application");
+    let Some(Backend::Mcp(mcp)) = &r.backend else {
+        panic!("mcp backend expected")
+    };
+    assert_eq!(mcp.cmd, "npx");
+    assert_eq!(mcp.args, ["@modelcontextprotocol/server-everything"]);
+    let authz = r.policies.ext_authz.as_ref().unwrap();
+    assert_eq!(authz.host, "unix:/run/tailscale/tailscaled.sock");
+    assert_eq!(
+        authz.path.trim(),
+        "\"/localapi/v0/whois?addr=\" + source.address"
+    );
+    assert_eq!(
+        authz.add_request_headers,
+        [(":authority".to_string(), "\"local-tailscaled.sock\"".to_string())]
+    );
+    assert_eq!(authz.metadata[0].0, "tailscaleNode");
+    assert_eq!(authz.metadata[1].0, "tailscaleEmail");
+    let cors = r.policies.cors.as_ref().unwrap();
+    assert_eq!(cors.allow_origins, ["*"]);
+    assert_eq!(cors.expose_headers, ["Mcp-Session-Id"]);
+    assert_eq!(cfg.access_log.add[0].0, "tailscale.node");
+    assert_eq!(cfg.access_log.add[1].1, "extauthz.tailscaleEmail");
+}
+
+#[test]
+fn unknown_policy_is_named_by_path() {
+    let yaml = SEED.replace("        cors:", "        jwtAuth: {}\n        cors:");
+    let errs = errors(&yaml);
+    assert!(
+        errs.iter().any(|e| e
+            .starts_with("binds[0].listeners[0].routes[0].policies.jwtAuth: unknown key")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let yaml = r#"
+config:
+  workerThreads: "two"
+  http:
+    maxBodyBytes: -1
+    idleTimeout: 10parsecs
+binds:
+- port: 70000
+  listeners:
+  - name: a
+    protocol: HTTPS
+    routes:
+    - matches:
+      - path: {pathPrefix: mcp}
+      policies:
+        extAuthz:
+          host: nowhere
+          protocol: {grpc: {}}
+  - name: a
+bogus: 1
+"#;
+    let errs = errors(yaml);
+    let want = [
+        "config.workerThreads: expected a non-negative integer",
+        "config.http.maxBodyBytes: expected a non-negative integer",
+        "config.http.idleTimeout: expected a duration",
+        "binds[0].port: 70000 is out of range",
+        "binds[0].listeners[0].protocol: protocol \"HTTPS\" is not supported",
+        "binds[0].listeners[0].routes[0].matches[0].path.pathPrefix: a path must start with '/'",
+        "binds[0].listeners[0].routes[0].policies.extAuthz.host: \"nowhere\" is neither",
+        "binds[0].listeners[0].routes[0].policies.extAuthz.protocol.grpc: unknown key",
+        "bogus: unknown key",
+    ];
+    for w in want {
+        assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
+    }
+}
+
+#[test]
+fn duplicate_listener_names_and_ports() {
+    let yaml = r#"
+binds:
+- port: 8080
+  listeners: [{name: a}]
+- port: 8080
+  listeners: [{name: a}]
+"#;
+    let errs = errors(yaml);
+    assert!(errs.iter().any(|e| e.starts_with("binds[1].port: port 8080 is bound twice")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("binds[1].listeners[0].name: duplicate listener name")), "{errs:?}");
+}
+
+#[test]
+fn wrong_types_and_missing_keys() {
+    let errs = errors("binds:\n- listeners: {}\n");
+    assert!(errs.iter().any(|e| e == "binds[0].port: required key is missing"), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("binds[0].listeners: expected a list, found a mapping")), "{errs:?}");
+    assert!(errors("").iter().any(|e| e.contains("empty")));
+    assert!(errors("binds: [").iter().any(|e| e.starts_with("invalid YAML")));
+}
+
+#[test]
+fn route_matching_prefers_specific_routes() {
+    let yaml = r#"
+binds:
+- port: 0
+  listeners:
+  - routes:
+    - name: all
+      policies: {directResponse: {body: all}}
+    - name: mcp
+      matches: [{path: {pathPrefix: /mcp}}]
+      policies: {directResponse: {body: mcp}}
+    - name: exact
+      matches: [{path: {exact: /mcp/x}}]
+      policies: {directResponse: {body: exact}}
+"#;
+    let cfg = Config::from_yaml(yaml).unwrap();
+    let l = &cfg.binds[0].listeners[0];
+    let name = |p: &str| l.route(p).map(|r| r.name.as_str());
+    assert_eq!(name("/"), Some("all"));
+    assert_eq!(name("/mcpx"), Some("all"));
+    assert_eq!(name("/mcp"), Some("mcp"));
+    assert_eq!(name("/mcp?x=1"), Some("mcp"));
+    assert_eq!(name("/mcp/y"), Some("mcp"));
+    assert_eq!(name("/mcp/x"), Some("exact"));
+}
+
+#[test]
+fn limits_and_extensions_parse() {
+    let yaml = r#"
+config:
+  workerThreads: 2
+  ioDriver: epoll
+  logging: {level: debug, format: json}
+  http:
+    maxHeadBytes: 4096
+    headerReadTimeout: 500ms
+    idleTimeout: 2m
+binds:
+- port: 0
+  address: 127.0.0.1
+  listeners: [{name: x}]
+"#;
+    let cfg = Config::from_yaml(yaml).unwrap();
+    assert_eq!(cfg.worker_threads, Some(2));
+    assert_eq!(cfg.io_driver, IoDriver::Epoll);
+    assert_eq!(cfg.logging.format, LogFormat::Json);
+    assert_eq!(cfg.limits.max_head_bytes, 4096);
+    assert_eq!(cfg.limits.header_read_timeout, Duration::from_millis(500));
+    assert_eq!(cfg.limits.idle_timeout, Duration::from_secs(120));
+    assert_eq!(cfg.binds[0].address, Some("127.0.0.1".parse().unwrap()));
+}
+
+#[test]
+fn listener_hostnames() {
+    let l = Listener {
+        name: "x".into(),
+        hostname: Some("*.example.com".into()),
+        routes: vec![],
+    };
+    assert!(l.matches_host("a.example.com:8080"));
+    assert!(!l.matches_host("example.com"));
+    assert!(!l.matches_host("aexample.com"));
+    assert_eq!(strip_port("[::1]:80"), "[::1]");
+}

@@ -1,0 +1,372 @@
+//! Request heads: find the end of the head, parse it with httparse, and apply
+//! the RFC 9112 framing rules httparse alone does not enforce.
+//!
+//! The parser is sans-I/O and incremental: [`HeadParser::poll`] is called with
+//! the whole buffered input after every read and remembers how far it scanned,
+//! so a client dribbling a head byte by byte costs linear, not quadratic, work.
+//! Headers are kept as offsets into the connection's buffer, not copies.
+
+use std::ops::Range;
+
+use crate::config::{Limits, MAX_HEADERS_CAP};
+use crate::http::chunked::is_tchar;
+use crate::http::HttpError;
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyKind {
+    #[default]
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// A parsed request head; ranges index the buffer passed to [`HeadParser::poll`].
+#[derive(Debug, Clone, Default)]
+pub struct Head {
+    /// Bytes from the start of the buffer to the end of the head's final CRLF,
+    /// including any empty lines skipped before the request line.
+    pub len: usize,
+    pub method: Range<usize>,
+    /// The request target as received.
+    pub target: Range<usize>,
+    /// Path and query (the target itself for origin-form; the part after the
+    /// authority for absolute-form).
+    pub path: Range<usize>,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    pub headers: Vec<(Range<usize>, Range<usize>)>,
+    /// The authority of an absolute-form target, else the Host header.
+    pub host: Option<Range<usize>>,
+    pub body: BodyKind,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+}
+
+impl Head {
+    pub fn header<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| &buf[v.clone()])
+    }
+}
+
+/// Incremental head scanner for one request; `reset` between requests.
+#[derive(Debug, Default)]
+pub struct HeadParser {
+    /// Where the request line starts (after skipped empty lines).
+    start: usize,
+    /// How far the buffer was scanned for line ends.
+    scanned: usize,
+    /// End of the request line, once seen.
+    first_line_end: Option<usize>,
+}
+
+impl HeadParser {
+    pub fn reset(&mut self) {
+        *self = HeadParser::default();
+    }
+
+    /// True once any byte of a request (not only skipped empty lines) arrived.
+    pub fn started(&self, buf: &[u8]) -> bool {
+        buf.len() > self.start
+    }
+
+    /// Looks for a complete head in `buf`. `Ok(false)`: need more bytes.
+    /// `Ok(true)`: `head` is filled in. `Err`: answer with that status and close.
+    pub fn poll(&mut self, buf: &[u8], limits: &Limits, head: &mut Head) -> Result<bool, HttpError> {
+        // RFC 9112 section 2.2: ignore empty lines before the request line.
+        while self.scanned == self.start {
+            match &buf[self.start..] {
+                [b'\r', b'\n', ..] => {
+                    self.start += 2;
+                    self.scanned = self.start;
+                    // Bounded like the head itself, so CRLF floods are cut too.
+                    if self.start > limits.max_head_bytes {
+                        return Err(HttpError::HEAD_TOO_LARGE);
+                    }
+                }
+                [] | [b'\r'] => return Ok(false),
+                [b'\n', ..] | [b'\r', ..] => return Err(HttpError::BAD_LINE_ENDING),
+                _ => break,
+            }
+        }
+        let end = match self.scan(buf)? {
+            Some(end) => end,
+            None => {
+                if buf.len() - self.start > limits.max_head_bytes {
+                    return Err(match self.first_line_end {
+                        None => HttpError::URI_TOO_LONG,
+                        Some(_) => HttpError::HEAD_TOO_LARGE,
+                    });
+                }
+                return Ok(false);
+            }
+        };
+        if end - self.start > limits.max_head_bytes {
+            return Err(HttpError::HEAD_TOO_LARGE);
+        }
+        parse_complete(buf, self.start, end, limits, head)?;
+        Ok(true)
+    }
+
+    /// Scans new bytes for line ends; returns the end of the head (just past
+    /// the empty line's LF) once found. Every LF must follow a CR.
+    fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, HttpError> {
+        let mut from = self.scanned;
+        while let Some(i) = memchr::memchr(b'\n', &buf[from..]) {
+            let lf = from + i;
+            if lf == 0 || buf[lf - 1] != b'\r' {
+                return Err(HttpError::BAD_LINE_ENDING);
+            }
+            if self.first_line_end.is_none() {
+                self.first_line_end = Some(lf + 1);
+            } else if lf >= self.start + 3 && buf[lf - 3..lf - 1] == *b"\r\n" {
+                self.scanned = lf + 1;
+                return Ok(Some(lf + 1));
+            }
+            from = lf + 1;
+        }
+        self.scanned = buf.len();
+        Ok(None)
+    }
+}
+
+fn parse_complete(
+    buf: &[u8],
+    start: usize,
+    end: usize,
+    limits: &Limits,
+    head: &mut Head,
+) -> Result<(), HttpError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+    let slots = &mut slots[..limits.max_headers.min(MAX_HEADERS_CAP)];
+    let mut req = httparse::Request::new(slots);
+    match req.parse(&buf[start..end]) {
+        Ok(httparse::Status::Complete(n)) if n == end - start => {}
+        Ok(_) => return Err(HttpError::BAD_REQUEST),
+        Err(httparse::Error::Version) => return Err(HttpError::VERSION_NOT_SUPPORTED),
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TOO_MANY_HEADERS),
+        Err(_) => return Err(HttpError::BAD_REQUEST),
+    }
+    let base = buf.as_ptr() as usize;
+    let range = |s: &[u8]| {
+        let off = s.as_ptr() as usize - base;
+        off..off + s.len()
+    };
+    let method = req.method.ok_or(HttpError::BAD_REQUEST)?;
+    let target = req.path.ok_or(HttpError::BAD_REQUEST)?;
+    head.len = end;
+    head.method = range(method.as_bytes());
+    head.target = range(target.as_bytes());
+    head.minor_version = req.version.ok_or(HttpError::BAD_REQUEST)?;
+    head.headers.clear();
+    for h in req.headers.iter() {
+        head.headers.push((range(h.name.as_bytes()), range(h.value)));
+    }
+    if target.len() > limits.max_uri_bytes {
+        return Err(HttpError::URI_TOO_LONG);
+    }
+    if !target.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(HttpError::BAD_REQUEST);
+    }
+    let (path, authority) = split_target(method, target)?;
+    head.path = range(path.as_bytes());
+    head.host = authority.map(|a| range(a.as_bytes()));
+    framing(buf, limits, head)
+}
+
+/// Returns (path-and-query, authority of an absolute-form target).
+fn split_target<'a>(method: &str, target: &'a str) -> Result<(&'a str, Option<&'a str>), HttpError> {
+    if method == "CONNECT" {
+        return Err(HttpError::NOT_IMPLEMENTED);
+    }
+    if target.starts_with('/') {
+        return Ok((target, None));
+    }
+    if target == "*" {
+        return if method == "OPTIONS" {
+            Ok((target, None))
+        } else {
+            Err(HttpError::BAD_REQUEST)
+        };
+    }
+    let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
+    let rest = if lower.starts_with("http://") {
+        &target[7..]
+    } else if lower.starts_with("https://") {
+        &target[8..]
+    } else {
+        return Err(HttpError::BAD_REQUEST);
+    };
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(split);
+    if authority.is_empty() || authority.contains('@') || !valid_host(authority.as_bytes()) {
+        return Err(HttpError::BAD_HOST);
+    }
+    // An absolute-form target with an empty path means "/"; only `path`
+    // starting with '?' is left to reject, since the route needs a path.
+    if path.is_empty() {
+        return Ok(("/", Some(authority)));
+    }
+    if !path.starts_with('/') {
+        return Err(HttpError::BAD_REQUEST);
+    }
+    Ok((path, Some(authority)))
+}
+
+fn framing(buf: &[u8], limits: &Limits, head: &mut Head) -> Result<(), HttpError> {
+    let mut content_length: Option<u64> = None;
+    let mut codings = 0usize;
+    let mut chunked_last = false;
+    let mut chunked_count = 0usize;
+    let mut unknown_coding = false;
+    let mut hosts = 0usize;
+    let mut host_value = None;
+    let mut close = false;
+    let mut keep_alive = false;
+    head.expect_continue = false;
+    for (n, v) in &head.headers {
+        let name = &buf[n.clone()];
+        let value = trim_ows(&buf[v.clone()]);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = parse_content_length(value)?;
+            if content_length.is_some_and(|prev| prev != n) {
+                return Err(HttpError::CONFLICTING_LENGTH);
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            for coding in value.split(|b| *b == b',') {
+                let coding = trim_ows(coding);
+                if coding.is_empty() || !coding.iter().all(|b| is_tchar(*b)) {
+                    return Err(HttpError::BAD_TRANSFER_ENCODING);
+                }
+                codings += 1;
+                chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+                if chunked_last {
+                    chunked_count += 1;
+                } else {
+                    unknown_coding = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+            host_value = Some(v.clone());
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|b| *b == b',') {
+                let token = trim_ows(token);
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            if value.eq_ignore_ascii_case(b"100-continue") {
+                head.expect_continue = true;
+            } else {
+                return Err(HttpError::EXPECTATION_FAILED);
+            }
+        }
+    }
+    match hosts {
+        0 if head.minor_version == 1 => return Err(HttpError::MISSING_HOST),
+        0 => {}
+        1 => {
+            let v = host_value.expect("one host");
+            let value = trim_ows(&buf[v.clone()]);
+            if !value.is_empty() && !valid_host(value) {
+                return Err(HttpError::BAD_HOST);
+            }
+            if head.host.is_none() {
+                // Trimmed: the range must not include optional whitespace.
+                let lead = buf[v.clone()].len() - trim_start(&buf[v.clone()]).len();
+                head.host = Some(v.start + lead..v.start + lead + value.len());
+            }
+        }
+        _ => return Err(HttpError::DUPLICATE_HOST),
+    }
+    head.body = if codings > 0 {
+        if head.minor_version == 0 {
+            return Err(HttpError::TE_IN_HTTP10);
+        }
+        if content_length.is_some() {
+            return Err(HttpError::TE_AND_LENGTH);
+        }
+        if !chunked_last {
+            return Err(HttpError::BAD_TRANSFER_ENCODING);
+        }
+        if unknown_coding {
+            return Err(HttpError::UNSUPPORTED_TRANSFER_CODING);
+        }
+        if chunked_count > 1 {
+            return Err(HttpError::BAD_TRANSFER_ENCODING);
+        }
+        BodyKind::Chunked
+    } else {
+        match content_length {
+            Some(n) if n > limits.max_body_bytes => return Err(HttpError::BODY_TOO_LARGE),
+            Some(0) | None => BodyKind::Empty,
+            Some(n) => BodyKind::Length(n),
+        }
+    };
+    head.keep_alive = !close && (head.minor_version == 1 || keep_alive);
+    Ok(())
+}
+
+/// `1*DIGIT`, no sign, no list, no overflow.
+fn parse_content_length(v: &[u8]) -> Result<u64, HttpError> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return Err(HttpError::BAD_CONTENT_LENGTH);
+    }
+    Ok(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// `uri-host [ ":" port ]`: a reg-name, an IPv4 address, or an IP-literal.
+pub fn valid_host(h: &[u8]) -> bool {
+    let (host, port) = if h.first() == Some(&b'[') {
+        let Some(close) = h.iter().position(|b| *b == b']') else {
+            return false;
+        };
+        let inside = &h[1..close];
+        if inside.is_empty()
+            || !inside
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return false;
+        }
+        match &h[close + 1..] {
+            [] => (&h[..0], None),
+            [b':', port @ ..] => (&h[..0], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match h.iter().position(|b| *b == b':') {
+            Some(i) => (&h[..i], Some(&h[i + 1..])),
+            None => (h, None),
+        }
+    };
+    let host_ok = host.iter().all(|b| {
+        b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b)
+    });
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    host_ok && port_ok
+}
+
+fn trim_start(v: &[u8]) -> &[u8] {
+    let n = v.iter().take_while(|b| **b == b' ' || **b == b'\t').count();
+    &v[n..]
+}
+
+pub fn trim_ows(v: &[u8]) -> &[u8] {
+    let v = trim_start(v);
+    let n = v
+        .iter()
+        .rev()
+        .take_while(|b| **b == b' ' || **b == b'\t')
+        .count();
+    &v[..v.len() - n]
+}
+
+#[cfg(test)]
+#[path = "parse_tests.rs"]
+mod tests;

@@ -1,0 +1,147 @@
+//! Responses and their serialisation into a connection's write buffer.
+
+use std::borrow::Cow;
+use std::io::Write;
+
+use crate::http::{date, reason_phrase, HttpError};
+
+#[derive(Debug)]
+pub enum Body {
+    Empty,
+    Static(&'static [u8]),
+    Bytes(Vec<u8>),
+}
+
+impl Body {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Body::Empty => b"",
+            Body::Static(b) => b,
+            Body::Bytes(b) => b,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(Cow<'static, str>, Cow<'static, [u8]>)>,
+    pub body: Body,
+    /// Close the connection after this response whatever the client asked.
+    pub close: bool,
+}
+
+impl Response {
+    pub fn new(status: u16) -> Self {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Body::Empty,
+            close: false,
+        }
+    }
+
+    /// A `text/plain` answer with a fixed body.
+    pub fn text(status: u16, body: &'static str) -> Self {
+        Response::new(status)
+            .header("content-type", "text/plain")
+            .body(Body::Static(body.as_bytes()))
+    }
+
+    /// The answer to a request refused before routing; always closes.
+    pub fn error(e: HttpError) -> Self {
+        let mut r = Response::text(e.status, e.reason);
+        r.close = true;
+        r
+    }
+
+    pub fn header(
+        mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<HeaderValue>,
+    ) -> Self {
+        self.headers.push((name.into(), value.into().0));
+        self
+    }
+
+    pub fn body(mut self, body: Body) -> Self {
+        self.body = body;
+        self
+    }
+}
+
+/// Header values are bytes; strings convert for convenience.
+pub struct HeaderValue(pub Cow<'static, [u8]>);
+
+impl From<&'static str> for HeaderValue {
+    fn from(s: &'static str) -> Self {
+        HeaderValue(Cow::Borrowed(s.as_bytes()))
+    }
+}
+impl From<String> for HeaderValue {
+    fn from(s: String) -> Self {
+        HeaderValue(Cow::Owned(s.into_bytes()))
+    }
+}
+impl From<Vec<u8>> for HeaderValue {
+    fn from(v: Vec<u8>) -> Self {
+        HeaderValue(Cow::Owned(v))
+    }
+}
+
+/// Appends the status line, headers and (unless `head_only`) body to `out`.
+/// `keep_alive` is the connection's decision; HTTP/1.0 clients are told
+/// explicitly when it stays open.
+pub fn serialize(out: &mut Vec<u8>, resp: &Response, keep_alive: bool, http10: bool, head_only: bool) {
+    let body = resp.body.as_slice();
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, reason_phrase(resp.status));
+    out.extend_from_slice(b"date: ");
+    date::with_now(|d| out.extend_from_slice(d));
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &resp.headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    let bodyless = resp.status < 200 || resp.status == 204 || resp.status == 304;
+    if !bodyless {
+        let _ = write!(out, "content-length: {}\r\n", body.len());
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only && !bodyless {
+        out.extend_from_slice(body);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_text_response() {
+        let mut out = Vec::new();
+        let r = Response::text(403, "external authorization failed");
+        serialize(&mut out, &r, true, false, false);
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.starts_with("HTTP/1.1 403 Forbidden\r\ndate: "), "{s}");
+        assert!(s.contains("\r\ncontent-type: text/plain\r\ncontent-length: 29\r\n\r\n"));
+        assert!(s.ends_with("\r\n\r\nexternal authorization failed"));
+        assert!(!s.contains("connection:"));
+    }
+
+    #[test]
+    fn head_and_close() {
+        let mut out = Vec::new();
+        let r = Response::text(200, "hello");
+        serialize(&mut out, &r, false, true, true);
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.contains("content-length: 5\r\nconnection: close\r\n\r\n"));
+        assert!(s.ends_with("\r\n\r\n"));
+    }
+}

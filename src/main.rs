@@ -1,0 +1,122 @@
+//! `ringgate -f config.yaml`: load and compile the config, bind, run workers.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+use ringgate::config::{Config, IoDriver, LogFormat};
+use ringgate::worker::{self, RunOptions};
+
+/// Edge proxy that puts stdio MCP servers on a tailnet, identifying every
+/// caller through the local Tailscale daemon. Reads agentgateway's YAML.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Configuration file (agentgateway YAML subset; see README).
+    #[arg(short = 'f', long = "file", value_name = "CONFIG")]
+    file: PathBuf,
+    /// Check the configuration, print every problem with its YAML path, and exit.
+    #[arg(long)]
+    validate_only: bool,
+    /// Worker threads (default: config.workerThreads, else one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
+    /// I/O driver: auto (io_uring if the kernel allows it), io_uring, or epoll.
+    #[arg(long, value_name = "DRIVER")]
+    io_driver: Option<IoDriver>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_file(&cli.file) {
+        Ok(c) => c,
+        Err(errs) => {
+            eprintln!(
+                "ringgate: {} problem(s) in {}:",
+                errs.0.len(),
+                cli.file.display()
+            );
+            for e in &errs.0 {
+                eprintln!("  {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    if cli.validate_only {
+        println!("{}: configuration is valid", cli.file.display());
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(&config);
+    raise_fd_limit();
+
+    let threads = cli
+        .threads
+        .map(usize::from)
+        .or(config.worker_threads)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let opts = RunOptions {
+        threads,
+        driver: cli.io_driver.unwrap_or(config.io_driver),
+    };
+    let bound = match worker::bind_all(&config, threads) {
+        Ok(b) => b,
+        Err(e) => {
+            error!(error = %e, "cannot bind");
+            eprintln!("ringgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (i, addr) in bound.addrs.iter().enumerate() {
+        let names: Vec<&str> = config.binds[i]
+            .listeners
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        info!(bind.addr = %addr, listeners = ?names, workers = threads, "listening");
+    }
+    match worker::run(Arc::new(config), opts, bound) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `RUST_LOG` wins over `config.logging.level`; the default is `info`.
+fn init_tracing(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::try_new(config.logging.level.as_deref().unwrap_or("info"))
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    match config.logging.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Each connection and child pipe is a descriptor; the soft limit (often
+/// 1024) is far below what one worker's connection limit allows.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
