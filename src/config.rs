@@ -313,10 +313,12 @@ impl Listener {
         };
         let host = strip_port(host);
         match want.strip_prefix("*.") {
-            Some(suffix) => host.len() > suffix.len() + 1 && {
-                let (head, tail) = host.split_at(host.len() - suffix.len());
-                tail.eq_ignore_ascii_case(suffix) && head.ends_with('.')
-            },
+            Some(suffix) => {
+                host.len() > suffix.len() + 1 && {
+                    let (head, tail) = host.split_at(host.len() - suffix.len());
+                    tail.eq_ignore_ascii_case(suffix) && head.ends_with('.')
+                }
+            }
             None => host.eq_ignore_ascii_case(want),
         }
     }

@@ -161,7 +161,13 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
         let keep_alive = head.keep_alive && !resp.close;
         out.clear();
         let head_only = req.method() == "HEAD";
-        serialize(&mut out, &resp, keep_alive, head.minor_version == 0, head_only);
+        serialize(
+            &mut out,
+            &resp,
+            keep_alive,
+            head.minor_version == 0,
+            head_only,
+        );
         let written = write(&mut stream, out, limits.write_timeout).await;
         access_log::request(&ctx, &req, &resp, started.elapsed());
         out = match written {
@@ -184,7 +190,13 @@ async fn write(stream: &mut TcpStream, out: Vec<u8>, timeout: Duration) -> Optio
 }
 
 /// Answers a request refused before routing, logs it, and closes.
-async fn refuse(mut stream: TcpStream, mut out: Vec<u8>, e: HttpError, peer: PeerAddr, ctx: &BindCtx) {
+async fn refuse(
+    mut stream: TcpStream,
+    mut out: Vec<u8>,
+    e: HttpError,
+    peer: PeerAddr,
+    ctx: &BindCtx,
+) {
     let resp = Response::error(e);
     out.clear();
     serialize(&mut out, &resp, false, false, false);

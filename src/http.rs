@@ -26,8 +26,7 @@ impl HttpError {
     pub const BAD_HOST: Self = Self::new(400, "invalid Host");
     pub const BAD_CONTENT_LENGTH: Self = Self::new(400, "invalid Content-Length");
     pub const CONFLICTING_LENGTH: Self = Self::new(400, "conflicting Content-Length headers");
-    pub const TE_AND_LENGTH: Self =
-        Self::new(400, "Content-Length and Transfer-Encoding together");
+    pub const TE_AND_LENGTH: Self = Self::new(400, "Content-Length and Transfer-Encoding together");
     pub const TE_IN_HTTP10: Self = Self::new(400, "Transfer-Encoding in an HTTP/1.0 request");
     pub const BAD_TRANSFER_ENCODING: Self = Self::new(400, "invalid Transfer-Encoding");
     pub const BAD_CHUNK: Self = Self::new(400, "malformed chunked body");
@@ -38,8 +37,7 @@ impl HttpError {
     pub const HEAD_TOO_LARGE: Self = Self::new(431, "request header section too large");
     pub const TOO_MANY_HEADERS: Self = Self::new(431, "too many header fields");
     pub const NOT_IMPLEMENTED: Self = Self::new(501, "method not implemented");
-    pub const UNSUPPORTED_TRANSFER_CODING: Self =
-        Self::new(501, "unsupported transfer coding");
+    pub const UNSUPPORTED_TRANSFER_CODING: Self = Self::new(501, "unsupported transfer coding");
     pub const OVERLOADED: Self = Self::new(503, "too many connections");
     pub const VERSION_NOT_SUPPORTED: Self = Self::new(505, "HTTP version not supported");
 }

@@ -172,7 +172,9 @@ fn run_worker(
             Ok(mut rt) => {
                 return rt.block_on(worker_main(id, config, "io_uring", sockets));
             }
-            Err(e) => warn!(worker = id.0, error = %e, "io_uring runtime failed; falling back to epoll"),
+            Err(e) => {
+                warn!(worker = id.0, error = %e, "io_uring runtime failed; falling back to epoll")
+            }
         }
     }
     let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()

@@ -131,7 +131,8 @@ fn limits(node: Node, l: &mut Limits, errs: &mut ConfigErrors) {
         l.max_connections_per_worker = n as usize;
     }
     let dur = |key: &str, errs: &mut ConfigErrors| {
-        m.get(key).and_then(|(v, p)| Node::new(v, &p).duration(errs))
+        m.get(key)
+            .and_then(|(v, p)| Node::new(v, &p).duration(errs))
     };
     if let Some(d) = dur("headerReadTimeout", errs) {
         l.header_read_timeout = d;

@@ -131,8 +131,8 @@ fn http_protocol(node: Node, out: &mut ExtAuthz, errs: &mut ConfigErrors) {
         out.add_request_headers = string_map(Node::new(v, &p), errs);
         for (name, _) in &out.add_request_headers {
             let pseudo_ok = matches!(name.as_str(), ":authority" | ":method");
-            let valid = pseudo_ok
-                || (!name.is_empty() && name.bytes().all(crate::http::chunked::is_tchar));
+            let valid =
+                pseudo_ok || (!name.is_empty() && name.bytes().all(crate::http::chunked::is_tchar));
             if !valid {
                 errs.push(
                     &super::yaml::child_path(&p, name),

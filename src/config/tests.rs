@@ -31,7 +31,10 @@ fn seed_config_loads_unchanged() {
     );
     assert_eq!(
         authz.add_request_headers,
-        [(":authority".to_string(), "\"local-tailscaled.sock\"".to_string())]
+        [(
+            ":authority".to_string(),
+            "\"local-tailscaled.sock\"".to_string()
+        )]
     );
     assert_eq!(authz.metadata[0].0, "tailscaleNode");
     assert_eq!(authz.metadata[1].0, "tailscaleEmail");
@@ -89,7 +92,10 @@ bogus: 1
         "bogus: unknown key",
     ];
     for w in want {
-        assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
+        assert!(
+            errs.iter().any(|e| e.starts_with(w)),
+            "missing {w:?} in {errs:#?}"
+        );
     }
 }
 
@@ -103,17 +109,35 @@ binds:
   listeners: [{name: a}]
 "#;
     let errs = errors(yaml);
-    assert!(errs.iter().any(|e| e.starts_with("binds[1].port: port 8080 is bound twice")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.starts_with("binds[1].listeners[0].name: duplicate listener name")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("binds[1].port: port 8080 is bound twice")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("binds[1].listeners[0].name: duplicate listener name")),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn wrong_types_and_missing_keys() {
     let errs = errors("binds:\n- listeners: {}\n");
-    assert!(errs.iter().any(|e| e == "binds[0].port: required key is missing"), "{errs:?}");
-    assert!(errs.iter().any(|e| e.starts_with("binds[0].listeners: expected a list, found a mapping")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e == "binds[0].port: required key is missing"),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("binds[0].listeners: expected a list, found a mapping")),
+        "{errs:?}"
+    );
     assert!(errors("").iter().any(|e| e.contains("empty")));
-    assert!(errors("binds: [").iter().any(|e| e.starts_with("invalid YAML")));
+    assert!(errors("binds: [")
+        .iter()
+        .any(|e| e.starts_with("invalid YAML")));
 }
 
 #[test]

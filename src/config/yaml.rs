@@ -197,10 +197,7 @@ impl<'a> Node<'a> {
         match n {
             Some(n) if (min..=max).contains(&n) => Some(n),
             Some(n) => {
-                errs.push(
-                    self.path,
-                    format!("{n} is out of range ({min} to {max})"),
-                );
+                errs.push(self.path, format!("{n} is out of range ({min} to {max})"));
                 None
             }
             None => {
@@ -238,9 +235,7 @@ impl<'a> Node<'a> {
 impl<'a> Map<'a> {
     /// The child under `key` and its path.
     pub fn get(&self, key: &str) -> Option<(&'a Value, String)> {
-        self.map
-            .get(key)
-            .map(|v| (v, child_path(self.path, key)))
+        self.map.get(key).map(|v| (v, child_path(self.path, key)))
     }
 
     pub fn has(&self, key: &str) -> bool {

@@ -39,9 +39,13 @@ enum State {
     /// Collecting a chunk-size line into `line`.
     SizeLine,
     /// Copying `remaining` payload bytes.
-    Data { remaining: u64 },
+    Data {
+        remaining: u64,
+    },
     /// Expecting the CR then LF that end a chunk's data (`seen_cr`).
-    DataEnd { seen_cr: bool },
+    DataEnd {
+        seen_cr: bool,
+    },
     /// Collecting one trailer line (or the final empty line) into `line`.
     Trailer,
     Done,
@@ -127,7 +131,9 @@ impl ChunkedDecoder {
                 State::Trailer => {
                     let budget = self.max_trailer_bytes.saturating_sub(self.trailer_len) + 2;
                     let (used, line_done) = match self.take_line(&input[pos..], budget) {
-                        Err(ChunkError::ExtensionTooLong) => return Err(ChunkError::TrailersTooLarge),
+                        Err(ChunkError::ExtensionTooLong) => {
+                            return Err(ChunkError::TrailersTooLarge)
+                        }
                         other => other?,
                     };
                     pos += used;
@@ -315,7 +321,10 @@ mod tests {
             (b"11111111111111111\r\n", ChunkError::BadSize),
             (b"1;\r\n", ChunkError::BadSize),
             (b"1;a=\"x\r\n", ChunkError::BadSize),
-            (b"1 ; a\r\nA\r\n0\r\nbad trailer\r\n\r\n", ChunkError::BadTrailer),
+            (
+                b"1 ; a\r\nA\r\n0\r\nbad trailer\r\n\r\n",
+                ChunkError::BadTrailer,
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(

@@ -66,8 +66,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 mod tests {
     #[test]
     fn formats_known_dates() {
-        assert_eq!(&super::format(784_111_777), b"Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(
+            &super::format(784_111_777),
+            b"Sun, 06 Nov 1994 08:49:37 GMT"
+        );
         assert_eq!(&super::format(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(&super::format(1_709_164_800), b"Thu, 29 Feb 2024 00:00:00 GMT");
+        assert_eq!(
+            &super::format(1_709_164_800),
+            b"Thu, 29 Feb 2024 00:00:00 GMT"
+        );
     }
 }

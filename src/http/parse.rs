@@ -75,7 +75,12 @@ impl HeadParser {
 
     /// Looks for a complete head in `buf`. `Ok(false)`: need more bytes.
     /// `Ok(true)`: `head` is filled in. `Err`: answer with that status and close.
-    pub fn poll(&mut self, buf: &[u8], limits: &Limits, head: &mut Head) -> Result<bool, HttpError> {
+    pub fn poll(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+        head: &mut Head,
+    ) -> Result<bool, HttpError> {
         // RFC 9112 section 2.2: ignore empty lines before the request line.
         while self.scanned == self.start {
             match &buf[self.start..] {
@@ -92,14 +97,20 @@ impl HeadParser {
                 _ => break,
             }
         }
-        let end = match self.scan(buf)? {
+        let max_uri = limits.max_uri_bytes.min(limits.max_head_bytes);
+        let end = match self.scan(buf, max_uri)? {
             Some(end) => end,
             None => {
-                if buf.len() - self.start > limits.max_head_bytes {
-                    return Err(match self.first_line_end {
-                        None => HttpError::URI_TOO_LONG,
-                        Some(_) => HttpError::HEAD_TOO_LARGE,
-                    });
+                let pending = buf.len() - self.start;
+                match self.first_line_end {
+                    // Still in the request line: its target is what grows.
+                    None if pending > max_uri + MAX_REQUEST_LINE_OVERHEAD => {
+                        return Err(HttpError::URI_TOO_LONG)
+                    }
+                    Some(_) if pending > limits.max_head_bytes => {
+                        return Err(HttpError::HEAD_TOO_LARGE)
+                    }
+                    _ => {}
                 }
                 return Ok(false);
             }
@@ -113,7 +124,7 @@ impl HeadParser {
 
     /// Scans new bytes for line ends; returns the end of the head (just past
     /// the empty line's LF) once found. Every LF must follow a CR.
-    fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, HttpError> {
+    fn scan(&mut self, buf: &[u8], max_uri_bytes: usize) -> Result<Option<usize>, HttpError> {
         let mut from = self.scanned;
         while let Some(i) = memchr::memchr(b'\n', &buf[from..]) {
             let lf = from + i;
@@ -122,6 +133,9 @@ impl HeadParser {
             }
             if self.first_line_end.is_none() {
                 self.first_line_end = Some(lf + 1);
+                if target_len(&buf[self.start..lf]) > max_uri_bytes {
+                    return Err(HttpError::URI_TOO_LONG);
+                }
             } else if lf >= self.start + 3 && buf[lf - 3..lf - 1] == *b"\r\n" {
                 self.scanned = lf + 1;
                 return Ok(Some(lf + 1));
@@ -130,6 +144,19 @@ impl HeadParser {
         }
         self.scanned = buf.len();
         Ok(None)
+    }
+}
+
+/// Room for the method, spaces and version around a maximal target.
+const MAX_REQUEST_LINE_OVERHEAD: usize = 64;
+
+/// Length of the target in a request line (between its first and last space).
+fn target_len(line: &[u8]) -> usize {
+    let first = line.iter().position(|b| *b == b' ');
+    let last = line.iter().rposition(|b| *b == b' ');
+    match (first, last) {
+        (Some(f), Some(l)) if l > f => l - f - 1,
+        _ => 0,
     }
 }
 
@@ -163,7 +190,8 @@ fn parse_complete(
     head.minor_version = req.version.ok_or(HttpError::BAD_REQUEST)?;
     head.headers.clear();
     for h in req.headers.iter() {
-        head.headers.push((range(h.name.as_bytes()), range(h.value)));
+        head.headers
+            .push((range(h.name.as_bytes()), range(h.value)));
     }
     if target.len() > limits.max_uri_bytes {
         return Err(HttpError::URI_TOO_LONG);
@@ -178,7 +206,10 @@ fn parse_complete(
 }
 
 /// Returns (path-and-query, authority of an absolute-form target).
-fn split_target<'a>(method: &str, target: &'a str) -> Result<(&'a str, Option<&'a str>), HttpError> {
+fn split_target<'a>(
+    method: &str,
+    target: &'a str,
+) -> Result<(&'a str, Option<&'a str>), HttpError> {
     if method == "CONNECT" {
         return Err(HttpError::NOT_IMPLEMENTED);
     }
@@ -345,9 +376,9 @@ pub fn valid_host(h: &[u8]) -> bool {
             None => (h, None),
         }
     };
-    let host_ok = host.iter().all(|b| {
-        b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b)
-    });
+    let host_ok = host
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b));
     let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
     host_ok && port_ok
 }

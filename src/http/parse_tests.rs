@@ -1,0 +1,167 @@
+use super::*;
+
+fn limits() -> Limits {
+    Limits {
+        max_head_bytes: 1024,
+        max_uri_bytes: 256,
+        max_headers: 16,
+        max_body_bytes: 1000,
+        ..Limits::default()
+    }
+}
+
+/// Feeds `input` whole.
+fn parse(input: &[u8]) -> Result<Option<Head>, HttpError> {
+    let mut p = HeadParser::default();
+    let mut h = Head::default();
+    p.poll(input, &limits(), &mut h)
+        .map(|done| done.then_some(h))
+}
+
+/// Feeds `input` one more byte at a time, as a slow client would.
+fn parse_bytewise(input: &[u8]) -> Result<Option<Head>, HttpError> {
+    let mut p = HeadParser::default();
+    let mut h = Head::default();
+    for n in 0..=input.len() {
+        if p.poll(&input[..n], &limits(), &mut h)? {
+            return Ok(Some(h));
+        }
+    }
+    Ok(None)
+}
+
+fn status(input: &[u8]) -> u16 {
+    match parse(input) {
+        Ok(Some(_)) => 200,
+        Ok(None) => 0,
+        Err(e) => e.status,
+    }
+}
+
+#[test]
+fn parses_a_simple_request() {
+    let input = b"GET /mcp?x=1 HTTP/1.1\r\nHost: example.com:3000\r\nX-A:  b \r\n\r\nNEXT";
+    let h = parse(input).unwrap().unwrap();
+    assert_eq!(&input[h.method.clone()], b"GET");
+    assert_eq!(&input[h.path.clone()], b"/mcp?x=1");
+    assert_eq!(&input[h.host.clone().unwrap()], b"example.com:3000");
+    assert_eq!(h.header(input, "x-a").map(trim_ows), Some(&b"b"[..]));
+    assert_eq!(&input[h.len..], b"NEXT");
+    assert_eq!(h.body, BodyKind::Empty);
+    assert!(h.keep_alive);
+}
+
+#[test]
+fn every_prefix_gives_the_same_answer() {
+    let cases: &[&[u8]] = &[
+        b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc",
+        b"\r\n\r\nGET / HTTP/1.0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: h\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nHost: i\r\n\r\n",
+        b"GET / HTTP/2.0\r\nHost: h\r\n\r\n",
+    ];
+    for c in cases {
+        let whole = parse(c).map(|h| h.map(|h| (h.len, h.body, h.path)));
+        let slow = parse_bytewise(c).map(|h| h.map(|h| (h.len, h.body, h.path)));
+        assert_eq!(whole, slow, "{:?}", String::from_utf8_lossy(c));
+    }
+}
+
+#[test]
+fn framing_rules() {
+    let cases: &[(&[u8], u16)] = &[
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", 200),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 3\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +3\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0x3\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1001\r\n\r\n", 413),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: xchunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: \"chunked\"\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: CHUNKED \r\n\r\n", 200),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding : chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.0\r\n\r\n", 200),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", 200),
+        (b"GET / HTTP/1.1\r\nHost: \r\n\r\n", 200),
+        (b"GET / HTTP/1.1\nHost: a\n\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\n X: a\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", 505),
+        (b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET noslash HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", 200),
+        (b"GET http://h:1/x HTTP/1.1\r\nHost: other\r\n\r\n", 200),
+        (b"GET http://u@h/x HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+        (b"CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n", 501),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n", 200),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: tea\r\n\r\n", 417),
+        (b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ];
+    for (input, want) in cases {
+        assert_eq!(status(input), *want, "{:?}", String::from_utf8_lossy(input));
+    }
+}
+
+#[test]
+fn size_limits() {
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(300));
+    assert_eq!(status(long_uri.as_bytes()), 414);
+    let unfinished_line = format!("GET /{}", "a".repeat(2000));
+    assert_eq!(status(unfinished_line.as_bytes()), 414);
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+        "b".repeat(2000)
+    );
+    assert_eq!(status(big_header.as_bytes()), 431);
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+    for i in 0..20 {
+        many.push_str(&format!("X-{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(status(many.as_bytes()), 431);
+    assert_eq!(status("\r\n".repeat(600).as_bytes()), 431);
+}
+
+#[test]
+fn body_kinds_and_keep_alive() {
+    let h = parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.body, BodyKind::Length(5));
+    assert!(!h.keep_alive);
+    let h = parse(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert!(h.keep_alive);
+    let h = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+    assert!(!h.keep_alive);
+    let h = parse(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.body, BodyKind::Chunked);
+}
+
+#[test]
+fn incomplete_heads_wait() {
+    assert_eq!(status(b""), 0);
+    assert_eq!(status(b"\r"), 0);
+    assert_eq!(status(b"\r\n"), 0);
+    assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\r\n"), 0);
+    assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), 0);
+}

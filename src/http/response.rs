@@ -92,9 +92,20 @@ impl From<Vec<u8>> for HeaderValue {
 /// Appends the status line, headers and (unless `head_only`) body to `out`.
 /// `keep_alive` is the connection's decision; HTTP/1.0 clients are told
 /// explicitly when it stays open.
-pub fn serialize(out: &mut Vec<u8>, resp: &Response, keep_alive: bool, http10: bool, head_only: bool) {
+pub fn serialize(
+    out: &mut Vec<u8>,
+    resp: &Response,
+    keep_alive: bool,
+    http10: bool,
+    head_only: bool,
+) {
     let body = resp.body.as_slice();
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, reason_phrase(resp.status));
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        resp.status,
+        reason_phrase(resp.status)
+    );
     out.extend_from_slice(b"date: ");
     date::with_now(|d| out.extend_from_slice(d));
     out.extend_from_slice(b"\r\n");

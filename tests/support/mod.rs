@@ -1,0 +1,242 @@
+//! Test harness: the real `ringgate` binary on port 0, raw HTTP clients, and
+//! log capture. Each test module uses what it needs.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Generous bound for anything a test waits on; never a performance claim.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running `ringgate` with its stderr captured line by line.
+pub struct Proxy {
+    child: Child,
+    pub addrs: Vec<SocketAddr>,
+    logs: Arc<(Mutex<Vec<String>>, Condvar)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Starts ringgate on `yaml` (binds should use `port: 0`).
+    pub fn start(yaml: &str, args: &[&str]) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringgate"))
+            .arg("-f")
+            .arg(&path)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ringgate");
+        let logs = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("RINGGATE_TEST_LOGS").is_some() {
+                    eprintln!("[ringgate] {line}");
+                }
+                sink.0.lock().unwrap().push(line);
+                sink.1.notify_all();
+            }
+        });
+        let mut p = Proxy {
+            child,
+            addrs: Vec::new(),
+            logs,
+            _dir: dir,
+        };
+        let binds = yaml.matches("- port:").count().max(1);
+        for i in 0..binds {
+            let line = p
+                .wait_log_nth(i, |l| l.contains(" listening ") && l.contains("bind.addr="))
+                .unwrap_or_else(|| panic!("ringgate did not start: {:#?}", p.logs()));
+            let addr = field(&line, "bind.addr").unwrap();
+            p.addrs.push(addr.parse().unwrap());
+        }
+        // Workers log when their runtime is up; wait for all of them.
+        let workers: usize = p
+            .wait_log(|l| l.contains(" listening "))
+            .and_then(|l| field(&l, "workers").and_then(|w| w.parse().ok()))
+            .unwrap_or(1);
+        p.wait_log_nth(workers - 1, |l| l.contains("worker started"))
+            .expect("workers started");
+        p
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// A snapshot of the log so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.0.lock().unwrap().clone()
+    }
+
+    pub fn wait_log(&self, pred: impl Fn(&str) -> bool) -> Option<String> {
+        self.wait_log_nth(0, pred)
+    }
+
+    /// Waits for the `n`th (0-based) log line matching `pred`.
+    pub fn wait_log_nth(&self, n: usize, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + WAIT;
+        let (lock, cv) = &*self.logs;
+        let mut logs = lock.lock().unwrap();
+        loop {
+            if let Some(l) = logs.iter().filter(|l| pred(l)).nth(n) {
+                return Some(l.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            logs = cv.wait_timeout(logs, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `key=value` from a log line (value up to the next space, quotes stripped).
+pub fn field(line: &str, key: &str) -> Option<String> {
+    let pat = format!("{key}=");
+    let start = line
+        .match_indices(&pat)
+        .find(|(i, _)| *i == 0 || line.as_bytes()[i - 1] == b' ')?
+        .0
+        + pat.len();
+    let rest = &line[start..];
+    let end = rest.find(' ').unwrap_or(rest.len());
+    Some(rest[..end].trim_matches('"').to_string())
+}
+
+/// Connects with read and write timeouts so no test can hang.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// Status, headers and body without the Date header, for comparisons.
+    pub fn without_date(&self) -> Resp {
+        let mut r = self.clone();
+        r.headers.retain(|(n, _)| n != "date");
+        r
+    }
+}
+
+/// Reads one response (Content-Length framed, as ringgate always answers);
+/// `None` if the connection closed before a status line.
+pub fn read_response<R: BufRead>(r: &mut R) -> Option<Resp> {
+    read_response_to(r, false)
+}
+
+/// Reads one response; `head` says it answers a HEAD request (no body).
+pub fn read_response_to<R: BufRead>(r: &mut R, head: bool) -> Option<Resp> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let status: u16 = line.split(' ').nth(1)?.parse().ok()?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).ok()?;
+        let l = line.trim_end_matches("\r\n");
+        if l.is_empty() {
+            break;
+        }
+        let (n, v) = l.split_once(':')?;
+        headers.push((n.to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let mut resp = Resp {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if status == 100 || head {
+        return Some(resp);
+    }
+    let len: usize = resp
+        .header("content-length")
+        .map_or(0, |v| v.parse().unwrap());
+    resp.body.resize(len, 0);
+    r.read_exact(&mut resp.body).ok()?;
+    Some(resp)
+}
+
+/// Reads until the peer closes (or the read timeout); true if it closed.
+pub fn closed_after<R: Read>(r: &mut R) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Sends raw bytes on a new connection, half-closes, and reads every response.
+pub fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<Resp> {
+    let mut s = connect(addr);
+    s.write_all(bytes).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut r = BufReader::new(s);
+    std::iter::from_fn(|| read_response(&mut r)).collect()
+}
+
+/// Sends raw bytes and keeps the connection open, so that only ringgate can
+/// close it; returns the responses and whether ringgate closed it.
+pub fn exchange_open(addr: SocketAddr, bytes: &[u8]) -> (Vec<Resp>, bool) {
+    let mut s = connect(addr);
+    s.write_all(bytes).unwrap();
+    let mut r = BufReader::new(s);
+    let mut out = Vec::new();
+    while let Some(resp) = read_response(&mut r) {
+        let close = resp.header("connection") == Some("close");
+        out.push(resp);
+        if close {
+            break;
+        }
+    }
+    let closed = closed_after(&mut r);
+    (out, closed)
+}
