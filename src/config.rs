@@ -17,6 +17,8 @@ use std::time::Duration;
 
 pub use yaml::{ConfigError, ConfigErrors};
 
+use crate::policy::cel::Expr;
+
 /// Default limits; README documents each one next to its key under `config.http`.
 pub const DEFAULT_MAX_HEAD_BYTES: usize = 16 * 1024;
 pub const DEFAULT_MAX_URI_BYTES: usize = 8 * 1024;
@@ -114,10 +116,10 @@ impl Default for Limits {
 /// `frontendPolicies.accessLog`.
 #[derive(Debug, Clone, Default)]
 pub struct AccessLog {
-    /// Extra fields, in config order: (field name, CEL source).
-    pub add: Vec<(String, String)>,
-    /// CEL source of a boolean; a line is written only when it is true.
-    pub filter: Option<String>,
+    /// Extra fields, in config order.
+    pub add: Vec<(String, Expr)>,
+    /// A boolean; a line is written only when it is true.
+    pub filter: Option<Expr>,
     /// Built-in fields to leave out.
     pub remove: Vec<String>,
 }
@@ -181,14 +183,19 @@ pub enum FailureMode {
 
 #[derive(Debug, Clone)]
 pub struct ExtAuthz {
+    /// Numbers the extAuthz policies of a config, so that each worker keeps
+    /// one client and one cache per policy.
+    pub id: usize,
     /// `unix:/path` or `host:port`.
     pub host: String,
-    /// CEL source of the check request's path.
-    pub path: String,
-    /// (header name, CEL source); `:authority` and `:method` are pseudo-headers.
-    pub add_request_headers: Vec<(String, String)>,
-    /// (key, CEL source), evaluated once per authz answer.
-    pub metadata: Vec<(String, String)>,
+    /// The check request's path.
+    pub path: Expr,
+    /// `:authority` and `:method` are pseudo-headers.
+    pub add_request_headers: Vec<(String, Expr)>,
+    /// Evaluated once per authz answer.
+    pub metadata: Vec<(String, Expr)>,
+    /// Some expression reads `request.headers`, so they must be gathered.
+    pub needs_headers: bool,
     pub failure_mode: FailureMode,
     pub timeout: Duration,
     pub cache: AuthzCache,
@@ -201,8 +208,8 @@ pub const DEFAULT_AUTHZ_CACHE_MAX_ENTRIES: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct AuthzCache {
-    /// CEL source of the cache key; `None` keys by the rendered check request.
-    pub key: Option<String>,
+    /// The cache key; `None` keys by the rendered check request.
+    pub key: Option<Expr>,
     pub ttl: Duration,
     pub negative_ttl: Duration,
     /// Zero disables the cache.

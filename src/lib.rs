@@ -14,4 +14,5 @@ pub mod config;
 pub mod conn;
 pub mod http;
 pub mod pipeline;
+pub mod policy;
 pub mod worker;

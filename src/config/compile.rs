@@ -52,6 +52,7 @@ pub fn compile(doc: &Value) -> Result<Config, ConfigErrors> {
         None => {}
     }
     check_unique(&cfg, &mut errs);
+    number_authz_policies(&mut cfg);
     if errs.is_empty() {
         Ok(cfg)
     } else {
@@ -154,10 +155,17 @@ fn access_log(node: Node, errs: &mut ConfigErrors) -> AccessLog {
         return out;
     };
     if let Some((v, p)) = m.get("add") {
-        out.add = string_map(Node::new(v, &p), errs);
+        for (name, src) in string_map(Node::new(v, &p), errs) {
+            let fp = super::yaml::child_path(&p, &name);
+            if let Some(e) = expr(&src, &fp, LOG_VARS, errs) {
+                out.add.push((name, e));
+            }
+        }
     }
     if let Some((v, p)) = m.get("filter") {
-        out.filter = Node::new(v, &p).str(errs).map(str::to_string);
+        if let Some(src) = Node::new(v, &p).str(errs) {
+            out.filter = expr(src, &p, LOG_VARS, errs);
+        }
     }
     if let Some((v, p)) = m.get("remove") {
         out.remove = string_list(Node::new(v, &p), errs);
@@ -369,6 +377,20 @@ fn mcp_backend(node: Node, errs: &mut ConfigErrors) -> Option<Backend> {
     }))
 }
 
+fn number_authz_policies(cfg: &mut Config) {
+    let routes = cfg
+        .binds
+        .iter_mut()
+        .flat_map(|b| b.listeners.iter_mut())
+        .flat_map(|l| l.routes.iter_mut());
+    for (id, authz) in routes
+        .filter_map(|r| r.policies.ext_authz.as_mut())
+        .enumerate()
+    {
+        authz.id = id;
+    }
+}
+
 /// Listener names and bind addresses must be unique across the file.
 fn check_unique(cfg: &Config, errs: &mut ConfigErrors) {
     let mut names = HashSet::new();
@@ -387,6 +409,25 @@ fn check_unique(cfg: &Config, errs: &mut ConfigErrors) {
                     format!("duplicate listener name {:?}", l.name),
                 );
             }
+        }
+    }
+}
+
+/// Variables an access-log expression may read.
+const LOG_VARS: &[&str] = &["source", "request", "extauthz"];
+
+/// Compiles a CEL expression, reporting a failure at `path`.
+pub(super) fn expr(
+    src: &str,
+    path: &str,
+    allowed: &[&str],
+    errs: &mut ConfigErrors,
+) -> Option<crate::policy::cel::Expr> {
+    match crate::policy::cel::Expr::compile(src, allowed) {
+        Ok(e) => Some(e),
+        Err(msg) => {
+            errs.push(path, format!("invalid CEL expression: {msg}"));
+            None
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use serde_yaml_ng::Value;
 
-use super::compile::{opt_str, string_list, string_map};
+use super::compile::{expr, string_list, string_map};
 use super::yaml::{ConfigErrors, Node};
 use super::*;
 
@@ -51,11 +51,17 @@ pub fn cors(node: Node, errs: &mut ConfigErrors) -> Option<Cors> {
     Some(out)
 }
 
+/// Variables a check-request expression may read.
+const REQUEST_VARS: &[&str] = &["source", "request"];
+/// `metadata` also sees the authorization answer.
+const METADATA_VARS: &[&str] = &["source", "request", "response"];
+
 pub fn ext_authz(node: Node, errs: &mut ConfigErrors) -> Option<ExtAuthz> {
     let m = node.map(
         errs,
         &["host", "protocol", "failureMode", "timeout", "cache"],
     )?;
+    let before = errs.0.len();
     let host = match m.require(errs, "host") {
         Some((v, p)) => Node::new(v, &p).str(errs).and_then(|h| {
             let ok = match h.strip_prefix("unix:") {
@@ -74,33 +80,24 @@ pub fn ext_authz(node: Node, errs: &mut ConfigErrors) -> Option<ExtAuthz> {
         }),
         None => None,
     };
-    let mut out = ExtAuthz {
-        host: host.unwrap_or_default(),
-        path: String::new(),
-        add_request_headers: Vec::new(),
-        metadata: Vec::new(),
-        failure_mode: FailureMode::Deny,
-        timeout: std::time::Duration::from_millis(DEFAULT_AUTHZ_TIMEOUT_MS),
-        cache: AuthzCache::default(),
-    };
+    let mut http = None;
     if let Some((v, p)) = m.require(errs, "protocol") {
-        let proto = Node::new(v, &p).map(errs, &["http"]);
-        if let Some(proto) = proto {
-            match proto.require(errs, "http") {
-                Some((v, p)) => http_protocol(Node::new(v, &p), &mut out, errs),
-                None => {}
+        if let Some(proto) = Node::new(v, &p).map(errs, &["http"]) {
+            if let Some((v, p)) = proto.require(errs, "http") {
+                http = http_protocol(Node::new(v, &p), errs);
             }
         }
     }
+    let mut failure_mode = FailureMode::Deny;
     if let Some((v, p)) = m.get("failureMode") {
         match v {
-            Value::String(s) if s == "deny" => out.failure_mode = FailureMode::Deny,
-            Value::String(s) if s == "allow" => out.failure_mode = FailureMode::Allow,
+            Value::String(s) if s == "deny" => failure_mode = FailureMode::Deny,
+            Value::String(s) if s == "allow" => failure_mode = FailureMode::Allow,
             Value::Mapping(_) => {
                 if let Some(f) = Node::new(v, &p).map(errs, &["denyWithStatus"]) {
                     if let Some((v, p)) = f.require(errs, "denyWithStatus") {
                         if let Some(n) = Node::new(v, &p).uint(errs, 400, 599) {
-                            out.failure_mode = FailureMode::DenyWithStatus(n as u16);
+                            failure_mode = FailureMode::DenyWithStatus(n as u16);
                         }
                     }
                 }
@@ -111,46 +108,88 @@ pub fn ext_authz(node: Node, errs: &mut ConfigErrors) -> Option<ExtAuthz> {
             ),
         }
     }
+    let mut timeout = std::time::Duration::from_millis(DEFAULT_AUTHZ_TIMEOUT_MS);
     if let Some((v, p)) = m.get("timeout") {
         if let Some(d) = Node::new(v, &p).duration(errs) {
-            out.timeout = d;
+            timeout = d;
         }
     }
+    let mut cache_cfg = AuthzCache::default();
     if let Some((v, p)) = m.get("cache") {
-        cache(Node::new(v, &p), &mut out.cache, errs);
+        cache(Node::new(v, &p), &mut cache_cfg, errs);
     }
-    Some(out)
+    let (path, add_request_headers, metadata) = http?;
+    if errs.0.len() > before {
+        return None;
+    }
+    let needs_headers = std::iter::once(&path)
+        .chain(add_request_headers.iter().map(|(_, e)| e))
+        .chain(metadata.iter().map(|(_, e)| e))
+        .chain(cache_cfg.key.iter())
+        .any(|e| e.source().contains("headers"));
+    Some(ExtAuthz {
+        id: 0,
+        host: host?,
+        path,
+        add_request_headers,
+        metadata,
+        needs_headers,
+        failure_mode,
+        timeout,
+        cache: cache_cfg,
+    })
 }
 
-fn http_protocol(node: Node, out: &mut ExtAuthz, errs: &mut ConfigErrors) {
-    let Some(m) = node.map(errs, &["path", "addRequestHeaders", "metadata"]) else {
-        return;
+type HttpProtocol = (Expr, Vec<(String, Expr)>, Vec<(String, Expr)>);
+
+fn http_protocol(node: Node, errs: &mut ConfigErrors) -> Option<HttpProtocol> {
+    let m = node.map(errs, &["path", "addRequestHeaders", "metadata"])?;
+    let path = match m.get("path") {
+        Some((v, p)) => Node::new(v, &p)
+            .str(errs)
+            .and_then(|src| expr(src, &p, REQUEST_VARS, errs)),
+        None => expr("request.path", m.path(), REQUEST_VARS, errs),
     };
-    out.path = opt_str(&m, "path", errs).unwrap_or_else(|| "request.path".to_string());
+    let mut headers = Vec::new();
     if let Some((v, p)) = m.get("addRequestHeaders") {
-        out.add_request_headers = string_map(Node::new(v, &p), errs);
-        for (name, _) in &out.add_request_headers {
+        for (name, src) in string_map(Node::new(v, &p), errs) {
+            let hp = super::yaml::child_path(&p, &name);
             let pseudo_ok = matches!(name.as_str(), ":authority" | ":method");
-            let valid =
-                pseudo_ok || (!name.is_empty() && name.bytes().all(crate::http::chunked::is_tchar));
+            let valid = pseudo_ok
+                || (!name.is_empty() && name.bytes().all(crate::http::chunked::is_tchar));
             if !valid {
                 errs.push(
-                    &super::yaml::child_path(&p, name),
+                    &hp,
                     "not a valid header name (pseudo-headers: :authority, :method)",
                 );
+                continue;
+            }
+            if let Some(e) = expr(&src, &hp, REQUEST_VARS, errs) {
+                headers.push((name.to_ascii_lowercase(), e));
             }
         }
     }
+    let mut metadata = Vec::new();
     if let Some((v, p)) = m.get("metadata") {
-        out.metadata = string_map(Node::new(v, &p), errs);
+        for (key, src) in string_map(Node::new(v, &p), errs) {
+            let mp = super::yaml::child_path(&p, &key);
+            if let Some(e) = expr(&src, &mp, METADATA_VARS, errs) {
+                metadata.push((key, e));
+            }
+        }
     }
+    Some((path?, headers, metadata))
 }
 
 fn cache(node: Node, c: &mut AuthzCache, errs: &mut ConfigErrors) {
     let Some(m) = node.map(errs, &["key", "ttl", "negativeTtl", "maxEntries"]) else {
         return;
     };
-    c.key = opt_str(&m, "key", errs);
+    if let Some((v, p)) = m.get("key") {
+        c.key = Node::new(v, &p)
+            .str(errs)
+            .and_then(|src| expr(src, &p, REQUEST_VARS, errs));
+    }
     if let Some((v, p)) = m.get("ttl") {
         if let Some(d) = Node::new(v, &p).duration(errs) {
             c.ttl = d;

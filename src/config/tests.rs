@@ -26,23 +26,24 @@ fn seed_config_loads_unchanged() {
     let authz = r.policies.ext_authz.as_ref().unwrap();
     assert_eq!(authz.host, "unix:/run/tailscale/tailscaled.sock");
     assert_eq!(
-        authz.path.trim(),
+        authz.path.source().trim(),
         "\"/localapi/v0/whois?addr=\" + source.address"
     );
+    assert_eq!(authz.add_request_headers.len(), 1);
+    assert_eq!(authz.add_request_headers[0].0, ":authority");
     assert_eq!(
-        authz.add_request_headers,
-        [(
-            ":authority".to_string(),
-            "\"local-tailscaled.sock\"".to_string()
-        )]
+        authz.add_request_headers[0].1.source(),
+        "\"local-tailscaled.sock\""
     );
+    assert!(authz.path.is_fast_path() && authz.add_request_headers[0].1.is_fast_path());
+    assert!(!authz.needs_headers);
     assert_eq!(authz.metadata[0].0, "tailscaleNode");
     assert_eq!(authz.metadata[1].0, "tailscaleEmail");
     let cors = r.policies.cors.as_ref().unwrap();
     assert_eq!(cors.allow_origins, ["*"]);
     assert_eq!(cors.expose_headers, ["Mcp-Session-Id"]);
     assert_eq!(cfg.access_log.add[0].0, "tailscale.node");
-    assert_eq!(cfg.access_log.add[1].1, "extauthz.tailscaleEmail");
+    assert_eq!(cfg.access_log.add[1].1.source(), "extauthz.tailscaleEmail");
 }
 
 #[test]
@@ -204,4 +205,38 @@ fn listener_hostnames() {
     assert!(!l.matches_host("example.com"));
     assert!(!l.matches_host("aexample.com"));
     assert_eq!(strip_port("[::1]:80"), "[::1]");
+}
+
+#[test]
+fn bad_cel_is_a_load_error_naming_its_path() {
+    let yaml = SEED
+        .replace("json(response.body).Node.Name", "json(response.body).Node.Name +")
+        .replace("+ source.address", "+ sauce.address")
+        .replace("extauthz.tailscaleEmail", "extauthz.tailscaleEmail ==");
+    let errs = errors(&yaml);
+    for want in [
+        "binds[0].listeners[0].routes[0].policies.extAuthz.protocol.http.metadata.tailscaleNode: invalid CEL expression: syntax error",
+        "binds[0].listeners[0].routes[0].policies.extAuthz.protocol.http.path: invalid CEL expression: unknown variable `sauce`",
+        "frontendPolicies.accessLog.add[tailscale.email]: invalid CEL expression",
+    ] {
+        assert!(errs.iter().any(|e| e.starts_with(want)), "missing {want:?} in {errs:#?}");
+    }
+}
+
+#[test]
+fn ext_authz_options() {
+    let yaml = SEED.replace(
+        "          protocol:",
+        "          failureMode: {denyWithStatus: 503}\n          timeout: 250ms\n          cache: {ttl: 1m, negativeTtl: 2s, maxEntries: 7, key: source.address}\n          protocol:",
+    );
+    let cfg = Config::from_yaml(&yaml).unwrap();
+    let a = cfg.binds[0].listeners[0].routes[0].policies.ext_authz.as_ref().unwrap();
+    assert_eq!(a.failure_mode, FailureMode::DenyWithStatus(503));
+    assert_eq!(a.timeout, Duration::from_millis(250));
+    assert_eq!(a.cache.ttl, Duration::from_secs(60));
+    assert_eq!(a.cache.negative_ttl, Duration::from_secs(2));
+    assert_eq!(a.cache.max_entries, 7);
+    assert_eq!(a.cache.key.as_ref().unwrap().source(), "source.address");
+    let bad = SEED.replace("          protocol:", "          failureMode: maybe\n          protocol:");
+    assert!(errors(&bad).iter().any(|e| e.contains("extAuthz.failureMode: expected deny, allow")));
 }
