@@ -54,6 +54,7 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
     let mut parser = HeadParser::default();
     let mut head = Head::default();
     let mut chunked_body = Vec::new();
+    let peer_ip = peer.ip().to_string();
     // The first request must arrive within the header timeout of the accept;
     // later ones may idle up to the idle timeout before their first byte.
     let mut idle_deadline = Instant::now() + limits.header_read_timeout;
@@ -156,20 +157,22 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
             head: &head,
             body,
             peer,
+            peer_ip: &peer_ip,
         };
-        let resp = pipeline::handle(&ctx, &req).await;
+        let handled = pipeline::handle(&ctx, &req).await;
+        let resp = &handled.resp;
         let keep_alive = head.keep_alive && !resp.close;
         out.clear();
         let head_only = req.method() == "HEAD";
         serialize(
             &mut out,
-            &resp,
+            resp,
             keep_alive,
             head.minor_version == 0,
             head_only,
         );
         let written = write(&mut stream, out, limits.write_timeout).await;
-        access_log::request(&ctx, &req, &resp, started.elapsed());
+        access_log::request(&ctx, &req, &handled, started.elapsed());
         out = match written {
             Some(o) => o,
             None => return,

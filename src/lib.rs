@@ -7,9 +7,12 @@
 //! - [`conn`]: the keep-alive loop: read, parse, pipeline, write, timeouts
 //! - [`http`]: head parsing with strict RFC 9112 framing, chunked bodies, responses
 //! - [`pipeline`]: the stages in order: route, CORS, extAuthz, backend
+//! - [`policy`]: CORS and CEL (compiled once, evaluated per request)
+//! - [`auth`]: extAuthz: whois client, per-worker cache, allow/deny
 //! - [`access_log`]: one line per request
 
 pub mod access_log;
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod http;

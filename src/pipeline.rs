@@ -3,11 +3,16 @@
 //! route match -> CORS (preflight answered here) -> extAuthz -> backend
 //!
 //! `conn.rs` calls [`handle`] once per request after the body is read, and
-//! writes whatever it returns; the access log line follows the write.
+//! writes the response it returns; the access log line follows the write.
 
+use std::rc::Rc;
+
+use crate::auth::{self, Decision, Source};
 use crate::config::{Backend, Listener, Route};
 use crate::http::parse::Head;
 use crate::http::response::{Body, Response};
+use crate::policy::cel::Vars;
+use crate::policy::cors;
 use crate::worker::{BindCtx, PeerAddr};
 
 /// A parsed request, borrowed from the connection's buffers.
@@ -16,6 +21,8 @@ pub struct Request<'a> {
     pub head: &'a Head,
     pub body: &'a [u8],
     pub peer: PeerAddr,
+    /// The peer's IP as text, formatted once per connection.
+    pub peer_ip: &'a str,
 }
 
 impl<'a> Request<'a> {
@@ -40,12 +47,37 @@ impl<'a> Request<'a> {
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
         self.head.header(self.buf, name)
     }
-    pub fn headers(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
+    /// Headers with names as text (httparse admits only token bytes in names).
+    pub fn headers(&self) -> Vec<(&'a str, &'a [u8])> {
         self.head
             .headers
             .iter()
-            .map(|(n, v)| (&self.buf[n.clone()], &self.buf[v.clone()]))
+            .map(|(n, v)| (self.text(n), &self.buf[v.clone()]))
+            .collect()
     }
+    /// CEL variables for this request, `headers` filled only when asked for.
+    pub fn vars<'h>(&self, headers: &'h [(&'a str, &'a [u8])]) -> Vars<'h>
+    where
+        'a: 'h,
+    {
+        Vars {
+            source_address: self.peer_ip,
+            source_port: self.peer.port(),
+            method: self.method(),
+            path: self.path(),
+            headers,
+            response: None,
+            extauthz: None,
+        }
+    }
+}
+
+/// What the pipeline did, for the connection and the access log.
+pub struct Handled<'c> {
+    pub resp: Response,
+    pub route: Option<&'c Route>,
+    pub authz: Option<Rc<Decision>>,
+    pub authz_source: Option<Source>,
 }
 
 /// The listener for this request's Host among the bind's listeners.
@@ -54,19 +86,63 @@ fn listener<'c>(ctx: &'c BindCtx, req: &Request) -> Option<&'c Listener> {
     ctx.bind().listeners.iter().find(|l| l.matches_host(host))
 }
 
-pub async fn handle(ctx: &BindCtx, req: &Request<'_>) -> Response {
-    let Some(route) = listener(ctx, req).and_then(|l| l.route(req.path())) else {
-        return Response::text(404, "no route matches this request");
+pub async fn handle<'c>(ctx: &'c BindCtx, req: &Request<'_>) -> Handled<'c> {
+    let mut out = Handled {
+        resp: Response::text(404, "no route matches this request"),
+        route: None,
+        authz: None,
+        authz_source: None,
     };
-    route_request(route, req).await
+    let Some(route) = listener(ctx, req).and_then(|l| l.route(req.path())) else {
+        return out;
+    };
+    out.route = Some(route);
+    let mcp = matches!(route.backend, Some(Backend::Mcp(_)));
+
+    let cors_headers = match cors::check(
+        route.policies.cors.as_ref(),
+        mcp,
+        req.method(),
+        req.header("origin"),
+        req.header("access-control-request-method"),
+        req.header("access-control-request-headers"),
+    ) {
+        cors::Verdict::Respond(r) => {
+            out.resp = r;
+            return out;
+        }
+        cors::Verdict::Continue(h) => h,
+    };
+
+    out.resp = match &route.policies.ext_authz {
+        Some(cfg) => {
+            let headers = if cfg.needs_headers {
+                req.headers()
+            } else {
+                Vec::new()
+            };
+            let state = &ctx.worker.authz[cfg.id];
+            match auth::check(state, cfg, &req.vars(&headers)).await {
+                auth::Verdict::Allow(d, source) => {
+                    out.authz = d;
+                    out.authz_source = Some(source);
+                    backend(route, req).await
+                }
+                auth::Verdict::Deny(r, source) => {
+                    out.authz_source = Some(source);
+                    r
+                }
+            }
+        }
+        None => backend(route, req).await,
+    };
+    for (n, v) in cors_headers {
+        out.resp.headers.push((n.into(), v.into()));
+    }
+    out
 }
 
-async fn route_request(route: &Route, _req: &Request<'_>) -> Response {
-    if route.policies.ext_authz.is_some() {
-        // Fail closed until the authorization stage exists: a route that asks
-        // for authorization never serves anyone without it.
-        return Response::text(403, "external authorization failed");
-    }
+async fn backend(route: &Route, _req: &Request<'_>) -> Response {
     if let Some(d) = &route.policies.direct_response {
         return Response::new(d.status)
             .header("content-type", "text/plain")

@@ -13,6 +13,7 @@ use monoio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{error, info, warn};
 
+use crate::auth::AuthzState;
 use crate::config::{Bind, Config, IoDriver};
 use crate::conn;
 
@@ -54,6 +55,8 @@ pub struct Worker {
     pub config: Arc<Config>,
     pub driver: &'static str,
     pub connections: Cell<usize>,
+    /// One per extAuthz policy, indexed by `ExtAuthz::id`.
+    pub authz: Vec<AuthzState>,
 }
 
 /// What a connection needs: its worker and the bind it arrived on.
@@ -208,11 +211,20 @@ async fn worker_main(
     sockets: Vec<std::net::TcpListener>,
 ) -> io::Result<()> {
     info!(worker = id.0, driver, "worker started");
+    let authz = config
+        .binds
+        .iter()
+        .flat_map(|b| &b.listeners)
+        .flat_map(|l| &l.routes)
+        .filter_map(|r| r.policies.ext_authz.as_ref())
+        .map(|a| AuthzState::new(a).map_err(io::Error::other))
+        .collect::<io::Result<Vec<_>>>()?;
     let worker = Rc::new(Worker {
         id,
         config,
         driver,
         connections: Cell::new(0),
+        authz,
     });
     let mut accepts = Vec::new();
     for (bind, s) in sockets.into_iter().enumerate() {

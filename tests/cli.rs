@@ -37,7 +37,11 @@ binds:
 fn validate_only_accepts_the_seed_and_demo_configs() {
     for file in ["config/tailscale.yaml", "config/demo.yaml"] {
         let out = ringgate(&["--validate-only", "-f", file]);
-        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
     }
 }
@@ -46,7 +50,10 @@ fn validate_only_accepts_the_seed_and_demo_configs() {
 fn validate_only_names_an_unknown_policy() {
     let dir = tempfile::tempdir().unwrap();
     let seed = std::fs::read_to_string("config/tailscale.yaml").unwrap();
-    let bad = seed.replace("        cors:", "        jwtAuth:\n          issuer: x\n        cors:");
+    let bad = seed.replace(
+        "        cors:",
+        "        jwtAuth:\n          issuer: x\n        cors:",
+    );
     let path = write_config(&dir, &bad);
     let out = ringgate(&["--validate-only", "-f", &path]);
     assert!(!out.status.success());
@@ -105,8 +112,10 @@ fn workers_seen(p: &Proxy, n: usize) -> HashSet<String> {
         let resps = exchange(p.addr(), b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
         assert_eq!(resps[0].status, 200);
     }
-    p.wait_log_nth(n - 1, |l| l.contains(" request ") && l.contains("http.status=200"))
-        .expect("access log lines");
+    p.wait_log_nth(n - 1, |l| {
+        l.contains(" request ") && l.contains("http.status=200")
+    })
+    .expect("access log lines");
     p.logs()
         .iter()
         .filter(|l| l.contains(" request "))
@@ -132,7 +141,10 @@ fn forced_epoll_driver_serves_requests() {
         .filter(|l| l.contains("worker started"))
         .collect();
     assert_eq!(started.len(), 2);
-    assert!(started.iter().all(|l| l.contains("driver=\"epoll\"")), "{started:?}");
+    assert!(
+        started.iter().all(|l| l.contains("driver=\"epoll\"")),
+        "{started:?}"
+    );
     let seen = workers_seen(&p, 32);
     assert!(!seen.is_empty());
 }

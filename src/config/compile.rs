@@ -36,20 +36,17 @@ pub fn compile(doc: &Value) -> Result<Config, ConfigErrors> {
             }
         }
     }
-    match top.require(&mut errs, "binds") {
-        Some((v, p)) => {
-            let node = Node::new(v, &p);
-            for (i, b) in node.seq(&mut errs).iter().enumerate() {
-                let bp = index_path(&p, i);
-                if let Some(b) = bind(Node::new(b, &bp), &mut errs) {
-                    cfg.binds.push(b);
-                }
-            }
-            if cfg.binds.is_empty() && errs.is_empty() {
-                errs.push(&p, "at least one bind is required");
+    if let Some((v, p)) = top.require(&mut errs, "binds") {
+        let node = Node::new(v, &p);
+        for (i, b) in node.seq(&mut errs).iter().enumerate() {
+            let bp = index_path(&p, i);
+            if let Some(b) = bind(Node::new(b, &bp), &mut errs) {
+                cfg.binds.push(b);
             }
         }
-        None => {}
+        if cfg.binds.is_empty() && errs.is_empty() {
+            errs.push(&p, "at least one bind is required");
+        }
     }
     check_unique(&cfg, &mut errs);
     number_authz_policies(&mut cfg);

@@ -155,8 +155,8 @@ fn http_protocol(node: Node, errs: &mut ConfigErrors) -> Option<HttpProtocol> {
         for (name, src) in string_map(Node::new(v, &p), errs) {
             let hp = super::yaml::child_path(&p, &name);
             let pseudo_ok = matches!(name.as_str(), ":authority" | ":method");
-            let valid = pseudo_ok
-                || (!name.is_empty() && name.bytes().all(crate::http::chunked::is_tchar));
+            let valid =
+                pseudo_ok || (!name.is_empty() && name.bytes().all(crate::http::chunked::is_tchar));
             if !valid {
                 errs.push(
                     &hp,

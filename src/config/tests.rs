@@ -210,7 +210,10 @@ fn listener_hostnames() {
 #[test]
 fn bad_cel_is_a_load_error_naming_its_path() {
     let yaml = SEED
-        .replace("json(response.body).Node.Name", "json(response.body).Node.Name +")
+        .replace(
+            "json(response.body).Node.Name",
+            "json(response.body).Node.Name +",
+        )
         .replace("+ source.address", "+ sauce.address")
         .replace("extauthz.tailscaleEmail", "extauthz.tailscaleEmail ==");
     let errs = errors(&yaml);
@@ -230,13 +233,22 @@ fn ext_authz_options() {
         "          failureMode: {denyWithStatus: 503}\n          timeout: 250ms\n          cache: {ttl: 1m, negativeTtl: 2s, maxEntries: 7, key: source.address}\n          protocol:",
     );
     let cfg = Config::from_yaml(&yaml).unwrap();
-    let a = cfg.binds[0].listeners[0].routes[0].policies.ext_authz.as_ref().unwrap();
+    let a = cfg.binds[0].listeners[0].routes[0]
+        .policies
+        .ext_authz
+        .as_ref()
+        .unwrap();
     assert_eq!(a.failure_mode, FailureMode::DenyWithStatus(503));
     assert_eq!(a.timeout, Duration::from_millis(250));
     assert_eq!(a.cache.ttl, Duration::from_secs(60));
     assert_eq!(a.cache.negative_ttl, Duration::from_secs(2));
     assert_eq!(a.cache.max_entries, 7);
     assert_eq!(a.cache.key.as_ref().unwrap().source(), "source.address");
-    let bad = SEED.replace("          protocol:", "          failureMode: maybe\n          protocol:");
-    assert!(errors(&bad).iter().any(|e| e.contains("extAuthz.failureMode: expected deny, allow")));
+    let bad = SEED.replace(
+        "          protocol:",
+        "          failureMode: maybe\n          protocol:",
+    );
+    assert!(errors(&bad)
+        .iter()
+        .any(|e| e.contains("extAuthz.failureMode: expected deny, allow")));
 }

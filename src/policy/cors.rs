@@ -130,11 +130,26 @@ mod tests {
     #[test]
     fn origin_patterns() {
         assert!(origin_matches("*", b"http://x"));
-        assert!(origin_matches("https://app.example.com", b"HTTPS://APP.example.com"));
-        assert!(origin_matches("https://*.example.com", b"https://a.example.com"));
-        assert!(!origin_matches("https://*.example.com", b"https://example.com"));
-        assert!(!origin_matches("https://*.example.com", b"https://aexample.com"));
-        assert!(!origin_matches("https://*.example.com", b"http://a.example.com"));
+        assert!(origin_matches(
+            "https://app.example.com",
+            b"HTTPS://APP.example.com"
+        ));
+        assert!(origin_matches(
+            "https://*.example.com",
+            b"https://a.example.com"
+        ));
+        assert!(!origin_matches(
+            "https://*.example.com",
+            b"https://example.com"
+        ));
+        assert!(!origin_matches(
+            "https://*.example.com",
+            b"https://aexample.com"
+        ));
+        assert!(!origin_matches(
+            "https://*.example.com",
+            b"http://a.example.com"
+        ));
     }
 
     #[test]
@@ -148,21 +163,36 @@ mod tests {
             Some(b"POST"),
             Some(b"content-type, mcp-session-id"),
         );
-        let Verdict::Respond(r) = v else { panic!("preflight answered") };
+        let Verdict::Respond(r) = v else {
+            panic!("preflight answered")
+        };
         assert_eq!(r.status, 200);
-        assert_eq!(header(&r, "access-control-allow-origin"), Some(&b"https://app.test"[..]));
+        assert_eq!(
+            header(&r, "access-control-allow-origin"),
+            Some(&b"https://app.test"[..])
+        );
         assert_eq!(header(&r, "vary"), Some(&b"Origin"[..]));
         assert_eq!(
             header(&r, "access-control-allow-headers"),
             Some(&b"content-type, mcp-session-id"[..])
         );
-        assert_eq!(header(&r, "access-control-allow-methods"), Some(&b"POST"[..]));
+        assert_eq!(
+            header(&r, "access-control-allow-methods"),
+            Some(&b"POST"[..])
+        );
     }
 
     #[test]
     fn disallowed_origin_on_mcp_is_refused() {
         let c = cors(&["https://good.test"]);
-        let v = check(Some(&c), true, "POST", Some(b"https://evil.test"), None, None);
+        let v = check(
+            Some(&c),
+            true,
+            "POST",
+            Some(b"https://evil.test"),
+            None,
+            None,
+        );
         assert!(matches!(v, Verdict::Respond(r) if r.status == 403));
         let v = check(None, true, "POST", Some(b"https://evil.test"), None, None);
         assert!(matches!(v, Verdict::Respond(r) if r.status == 403));
@@ -174,12 +204,20 @@ mod tests {
     #[test]
     fn allowed_request_gets_exposed_headers() {
         let c = cors(&["https://good.test"]);
-        let Verdict::Continue(h) = check(Some(&c), true, "POST", Some(b"https://good.test"), None, None)
-        else {
+        let Verdict::Continue(h) = check(
+            Some(&c),
+            true,
+            "POST",
+            Some(b"https://good.test"),
+            None,
+            None,
+        ) else {
             panic!("allowed")
         };
         assert!(h.contains(&("access-control-expose-headers", b"Mcp-Session-Id".to_vec())));
         assert!(h.contains(&("access-control-allow-origin", b"https://good.test".to_vec())));
-        assert!(matches!(check(Some(&c), true, "POST", None, None, None), Verdict::Continue(h) if h.is_empty()));
+        assert!(
+            matches!(check(Some(&c), true, "POST", None, None, None), Verdict::Continue(h) if h.is_empty())
+        );
     }
 }

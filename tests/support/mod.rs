@@ -2,6 +2,8 @@
 //! log capture. Each test module uses what it needs.
 #![allow(dead_code)]
 
+pub mod fake_tailscaled;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
