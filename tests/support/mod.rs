@@ -216,6 +216,33 @@ pub fn closed_after<R: Read>(r: &mut R) -> bool {
     }
 }
 
+/// Connects from a chosen loopback source address (127.0.0.2, ...), so one
+/// test machine can play several tailnet peers.
+pub fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
+    let src: std::net::IpAddr = src.parse().unwrap();
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    sock.bind(&SocketAddr::new(src, 0).into()).unwrap();
+    sock.connect_timeout(&addr.into(), WAIT).expect("connect");
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// One request from `src` on a fresh connection; returns the response.
+pub fn request_from(src: &str, addr: SocketAddr, req: &str) -> Resp {
+    let mut s = connect_from(src, addr);
+    s.write_all(req.as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    read_response(&mut BufReader::new(s)).expect("a response")
+}
+
 /// Sends raw bytes on a new connection, half-closes, and reads every response.
 pub fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<Resp> {
     let mut s = connect(addr);
