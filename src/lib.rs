@@ -16,6 +16,7 @@ pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod http;
+pub mod logging;
 pub mod pipeline;
 pub mod policy;
 pub mod worker;

@@ -1,15 +1,13 @@
 //! `ringgate -f config.yaml`: load and compile the config, bind, run workers.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
+use tracing::{error, info, warn};
 
-use ringgate::config::{Config, IoDriver, LogFormat};
+use ringgate::config::{Config, IoDriver};
 use ringgate::worker::{self, RunOptions};
 
 /// Edge proxy that puts stdio MCP servers on a tailnet, identifying every
@@ -51,7 +49,8 @@ fn main() -> ExitCode {
         println!("{}: configuration is valid", cli.file.display());
         return ExitCode::SUCCESS;
     }
-    init_tracing(&config);
+    ringgate::logging::init(&config);
+    warn_about_config(&config);
     raise_fd_limit();
 
     let threads = cli
@@ -88,20 +87,26 @@ fn main() -> ExitCode {
     }
 }
 
-/// `RUST_LOG` wins over `config.logging.level`; the default is `info`.
-fn init_tracing(config: &Config) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::try_new(config.logging.level.as_deref().unwrap_or("info"))
-            .unwrap_or_else(|_| EnvFilter::new("info"))
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false);
-    match config.logging.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+/// Legal but risky settings, said once at start-up.
+fn warn_about_config(config: &Config) {
+    let routes = config
+        .binds
+        .iter()
+        .flat_map(|b| &b.listeners)
+        .flat_map(|l| &l.routes);
+    for r in routes {
+        let any_origin = r
+            .policies
+            .cors
+            .as_ref()
+            .is_some_and(|c| c.allow_origins.iter().any(|o| o == "*"));
+        if any_origin && r.policies.ext_authz.is_some() {
+            warn!(
+                route = r.name,
+                "cors.allowOrigins contains \"*\" on a route that authenticates by network \
+                 identity: any web page a tailnet user opens can call it with their identity"
+            );
+        }
     }
 }
 

@@ -305,3 +305,50 @@ Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\
     assert_eq!(r.status, 200);
     assert_eq!(r.header("access-control-allow-origin"), None);
 }
+
+#[test]
+fn json_access_log_with_filter_and_remove() {
+    let fake = fake();
+    let yaml = config(&fake, "")
+        .replace(
+            "frontendPolicies:",
+            "config:\n  logging: {format: json}\nfrontendPolicies:",
+        )
+        .replace(
+            "      tailscale.email: extauthz.tailscaleEmail\n",
+            "      tailscale.email: extauthz.tailscaleEmail\n    filter: request.path != \"/quiet\"\n    remove: [worker]\n",
+        );
+    let p = Proxy::start(&yaml, &["--threads", "1"]);
+    assert_eq!(
+        request_from(ALICE, p.addr(), "GET /quiet HTTP/1.1\r\nHost: gw\r\n\r\n").status,
+        200
+    );
+    assert_eq!(request_from(ALICE, p.addr(), GET).status, 200);
+    let line = p
+        .wait_log(|l| l.contains("\"message\":\"request\""))
+        .expect("a JSON access line");
+    let v = json_of(&line);
+    assert_eq!(
+        v["http.path"], "/app",
+        "the /quiet request was filtered out: {line}"
+    );
+    assert_eq!(v["tailscale.node"], "alice-laptop.tail1234.ts.net.");
+    assert_eq!(v["tailscale.email"], "alice@example.com");
+    assert_eq!(v["http.status"], "200");
+    assert!(v.get("worker").is_none(), "removed: {line}");
+    assert_eq!(v["level"], "info");
+}
+
+#[test]
+fn a_wildcard_origin_on_an_authenticated_route_is_warned_about() {
+    let fake = fake();
+    let yaml = config(&fake, "").replace("[\"https://app.example.com\"]", "[\"*\"]");
+    let p = start_yaml(&yaml);
+    assert!(p
+        .wait_log(|l| l.contains("WARN") && l.contains("allowOrigins contains"))
+        .is_some());
+}
+
+fn start_yaml(yaml: &str) -> Proxy {
+    Proxy::start(yaml, &["--threads", "1"])
+}

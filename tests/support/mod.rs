@@ -46,7 +46,7 @@ impl Proxy {
                 if std::env::var_os("RINGGATE_TEST_LOGS").is_some() {
                     eprintln!("[ringgate] {line}");
                 }
-                sink.0.lock().unwrap().push(line);
+                sink.0.lock().unwrap().push(normalize(&line));
                 sink.1.notify_all();
             }
         });
@@ -114,6 +114,38 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// JSON log lines are kept whole, and also rewritten as `level message k=v`
+/// text (after the raw line) so that the same predicates find them.
+fn normalize(line: &str) -> String {
+    let Ok(serde_json::Value::Object(obj)) = serde_json::from_str(line) else {
+        return line.to_string();
+    };
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut out = format!(
+        "{line}\t{} {}",
+        obj.get("level")
+            .map(text)
+            .unwrap_or_default()
+            .to_uppercase(),
+        obj.get("message").map(text).unwrap_or_default()
+    );
+    for (k, v) in &obj {
+        if !matches!(k.as_str(), "level" | "message" | "timestamp" | "target") {
+            out.push_str(&format!(" {k}={}", text(v)));
+        }
+    }
+    out
+}
+
+/// The raw JSON object of a line kept by [`normalize`].
+pub fn json_of(line: &str) -> serde_json::Value {
+    let raw = line.split('\t').next().unwrap();
+    serde_json::from_str(raw).unwrap_or_else(|e| panic!("{e}: {raw}"))
 }
 
 /// `key=value` from a log line (value up to the next space, quotes stripped).
