@@ -62,22 +62,6 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn formats_known_dates() {
-        assert_eq!(
-            &super::format(784_111_777),
-            b"Sun, 06 Nov 1994 08:49:37 GMT"
-        );
-        assert_eq!(&super::format(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(
-            &super::format(1_709_164_800),
-            b"Thu, 29 Feb 2024 00:00:00 GMT"
-        );
-    }
-}
-
 /// The current time as RFC 3339 UTC with milliseconds, for JSON logs.
 pub fn rfc3339_now() -> String {
     let now = SystemTime::now()
@@ -93,4 +77,20 @@ pub fn rfc3339_now() -> String {
         rem % 60,
         now.subsec_millis()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_known_dates() {
+        assert_eq!(
+            &super::format(784_111_777),
+            b"Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+        assert_eq!(&super::format(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            &super::format(1_709_164_800),
+            b"Thu, 29 Feb 2024 00:00:00 GMT"
+        );
+    }
 }
