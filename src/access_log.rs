@@ -54,6 +54,18 @@ pub fn request(ctx: &BindCtx, req: &Request, handled: &Handled, elapsed: Duratio
         ],
         extra: Vec::new(),
     };
+    if let Some(m) = &handled.mcp {
+        line.fields.push(("protocol", "mcp".to_string()));
+        if let Some(v) = &m.method {
+            line.fields.push(("mcp.method.name", v.clone()));
+        }
+        if let Some(v) = &m.tool {
+            line.fields.push(("gen_ai.tool.name", v.clone()));
+        }
+        if let Some(v) = &m.session {
+            line.fields.push(("mcp.session.id", v.clone()));
+        }
+    }
     if let Some(route) = handled.route {
         line.fields.push(("route", route.name.clone()));
     }

@@ -40,7 +40,45 @@ pub struct Config {
     pub logging: Logging,
     pub limits: Limits,
     pub access_log: AccessLog,
+    pub mcp: McpSettings,
     pub binds: Vec<Bind>,
+}
+
+pub const DEFAULT_SESSION_IDLE_TIMEOUT_MS: u64 = 30 * 60 * 1000;
+pub const DEFAULT_POOL_MIN_IDLE: usize = 1;
+pub const DEFAULT_POOL_MAX_LIVE: usize = 64;
+pub const DEFAULT_MAX_BUFFERED_MESSAGES: usize = 256;
+pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+pub const DEFAULT_STOP_GRACE_MS: u64 = 2_000;
+
+/// `config.mcp` (ringgate extension): sessions and the child pool.
+#[derive(Debug, Clone)]
+pub struct McpSettings {
+    /// A session with no request (and no open GET stream) for this long ends.
+    pub session_idle_timeout: Duration,
+    /// Children spawned ahead of demand, per worker and MCP target.
+    pub min_idle: usize,
+    /// Children alive at once, across all workers.
+    pub max_live: usize,
+    /// Server-to-client messages kept while no GET stream is open.
+    pub max_buffered_messages: usize,
+    /// Longest stdout line accepted from a child.
+    pub max_line_bytes: usize,
+    /// Each step of a child's shutdown (stdin closed, SIGTERM) waits this long.
+    pub stop_grace: Duration,
+}
+
+impl Default for McpSettings {
+    fn default() -> Self {
+        McpSettings {
+            session_idle_timeout: Duration::from_millis(DEFAULT_SESSION_IDLE_TIMEOUT_MS),
+            min_idle: DEFAULT_POOL_MIN_IDLE,
+            max_live: DEFAULT_POOL_MAX_LIVE,
+            max_buffered_messages: DEFAULT_MAX_BUFFERED_MESSAGES,
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            stop_grace: Duration::from_millis(DEFAULT_STOP_GRACE_MS),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,6 +278,9 @@ pub enum Backend {
 
 #[derive(Debug, Clone)]
 pub struct McpBackend {
+    /// Numbers the MCP backends of a config: each worker keeps one child pool
+    /// per backend, and a session only serves the backend that created it.
+    pub id: usize,
     pub target: String,
     pub cmd: String,
     pub args: Vec<String>,

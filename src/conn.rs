@@ -12,7 +12,7 @@ use monoio::net::TcpStream;
 use crate::access_log;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::parse::{BodyKind, Head, HeadParser};
-use crate::http::response::{serialize, Response};
+use crate::http::response::{serialize, stream_end, stream_piece, Body, Response};
 use crate::http::HttpError;
 use crate::pipeline::{self, Request};
 use crate::worker::{BindCtx, ConnGuard, PeerAddr};
@@ -161,7 +161,8 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
         };
         let handled = pipeline::handle(&ctx, &req).await;
         let resp = &handled.resp;
-        let keep_alive = head.keep_alive && !resp.close;
+        let http10 = head.minor_version == 0;
+        let keep_alive = head.keep_alive && !resp.close && !(http10 && resp.body.is_stream());
         out.clear();
         let head_only = req.method() == "HEAD";
         serialize(
@@ -171,7 +172,12 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
             head.minor_version == 0,
             head_only,
         );
-        let written = write(&mut stream, out, limits.write_timeout).await;
+        let mut written = write(&mut stream, out, limits.write_timeout).await;
+        if let (Body::Stream(rx), false) = (&resp.body, head_only) {
+            if let Some(o) = written {
+                written = write_stream(&mut stream, o, rx, http10, limits.write_timeout).await;
+            }
+        }
         access_log::request(&ctx, &req, &handled, started.elapsed());
         out = match written {
             Some(o) => o,
@@ -182,6 +188,38 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
         }
         buf.drain(..consumed);
         idle_deadline = Instant::now() + limits.idle_timeout;
+    }
+}
+
+/// How long a stream may stay silent before a keep-alive comment is sent;
+/// the write also finds clients that went away.
+const STREAM_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Writes a streamed body until its senders are gone.
+async fn write_stream(
+    stream: &mut TcpStream,
+    mut out: Vec<u8>,
+    rx: &flume::Receiver<Vec<u8>>,
+    http10: bool,
+    timeout: Duration,
+) -> Option<Vec<u8>> {
+    loop {
+        out.clear();
+        match monoio::time::timeout(STREAM_KEEPALIVE, rx.recv_async()).await {
+            Ok(Ok(piece)) => {
+                stream_piece(&mut out, &piece, http10);
+                // Send whatever else is already waiting in the same write.
+                while let Ok(piece) = rx.try_recv() {
+                    stream_piece(&mut out, &piece, http10);
+                }
+            }
+            Ok(Err(_)) => {
+                stream_end(&mut out, http10);
+                return write(stream, out, timeout).await;
+            }
+            Err(_) => stream_piece(&mut out, crate::mcp::sse::KEEPALIVE, http10),
+        }
+        out = write(stream, out, timeout).await?;
     }
 }
 

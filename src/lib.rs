@@ -9,6 +9,8 @@
 //! - [`pipeline`]: the stages in order: route, CORS, extAuthz, backend
 //! - [`policy`]: CORS and CEL (compiled once, evaluated per request)
 //! - [`auth`]: extAuthz: whois client, per-worker cache, allow/deny
+//! - [`mcp`]: streamable HTTP endpoint, sessions owned by one worker
+//! - [`pool`]: warm pool of stdio MCP server children
 //! - [`access_log`]: one line per request
 
 pub mod access_log;
@@ -17,6 +19,8 @@ pub mod config;
 pub mod conn;
 pub mod http;
 pub mod logging;
+pub mod mcp;
 pub mod pipeline;
 pub mod policy;
+pub mod pool;
 pub mod worker;

@@ -11,6 +11,7 @@ use crate::auth::{self, Decision, Source};
 use crate::config::{Backend, Listener, Route};
 use crate::http::parse::Head;
 use crate::http::response::{Body, Response};
+use crate::mcp::endpoint::{self, McpLog};
 use crate::policy::cel::Vars;
 use crate::policy::cors;
 use crate::worker::{BindCtx, PeerAddr};
@@ -78,6 +79,7 @@ pub struct Handled<'c> {
     pub route: Option<&'c Route>,
     pub authz: Option<Rc<Decision>>,
     pub authz_source: Option<Source>,
+    pub mcp: Option<McpLog>,
 }
 
 /// The listener for this request's Host among the bind's listeners.
@@ -92,6 +94,7 @@ pub async fn handle<'c>(ctx: &'c BindCtx, req: &Request<'_>) -> Handled<'c> {
         route: None,
         authz: None,
         authz_source: None,
+        mcp: None,
     };
     let Some(route) = listener(ctx, req).and_then(|l| l.route(req.path())) else {
         return out;
@@ -126,7 +129,7 @@ pub async fn handle<'c>(ctx: &'c BindCtx, req: &Request<'_>) -> Handled<'c> {
                 auth::Verdict::Allow(d, source) => {
                     out.authz = d;
                     out.authz_source = Some(source);
-                    backend(route, req).await
+                    backend(ctx, route, req, &mut out).await
                 }
                 auth::Verdict::Deny(r, source) => {
                     out.authz_source = Some(source);
@@ -134,7 +137,7 @@ pub async fn handle<'c>(ctx: &'c BindCtx, req: &Request<'_>) -> Handled<'c> {
                 }
             }
         }
-        None => backend(route, req).await,
+        None => backend(ctx, route, req, &mut out).await,
     };
     for (n, v) in cors_headers {
         out.resp.headers.push((n.into(), v.into()));
@@ -142,14 +145,42 @@ pub async fn handle<'c>(ctx: &'c BindCtx, req: &Request<'_>) -> Handled<'c> {
     out
 }
 
-async fn backend(route: &Route, _req: &Request<'_>) -> Response {
+async fn backend(
+    ctx: &BindCtx,
+    route: &Route,
+    req: &Request<'_>,
+    out: &mut Handled<'_>,
+) -> Response {
     if let Some(d) = &route.policies.direct_response {
         return Response::new(d.status)
             .header("content-type", "text/plain")
             .body(Body::Bytes(d.body.as_bytes().to_vec()));
     }
     match &route.backend {
-        Some(Backend::Mcp(_)) => Response::text(501, "MCP backend not implemented yet"),
+        Some(Backend::Mcp(m)) => {
+            let (resp, log) =
+                endpoint::handle(&ctx.worker.mcp, m.id, req, identity(req, out)).await;
+            out.mcp = Some(log);
+            resp
+        }
         None => Response::text(503, "no backend configured for this route"),
+    }
+}
+
+/// Who a session belongs to: the authorization metadata when the route has
+/// extAuthz (node and login for the seed config), else the source IP.
+fn identity(req: &Request, out: &Handled) -> String {
+    match &out.authz {
+        Some(d) if !d.metadata.is_empty() => {
+            let mut id = String::new();
+            for (k, v) in &d.metadata {
+                id.push_str(k);
+                id.push('=');
+                id.push_str(&v.to_string());
+                id.push('\n');
+            }
+            id
+        }
+        _ => format!("ip={}", req.peer_ip),
     }
 }

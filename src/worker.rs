@@ -6,6 +6,7 @@ use std::cell::Cell;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread;
 
@@ -16,6 +17,7 @@ use tracing::{error, info, warn};
 use crate::auth::AuthzState;
 use crate::config::{Bind, Config, IoDriver};
 use crate::conn;
+use crate::mcp::{Hub, Job, McpWorker};
 
 /// Pending-connection queue per listener socket.
 const LISTEN_BACKLOG: i32 = 4096;
@@ -57,6 +59,7 @@ pub struct Worker {
     pub connections: Cell<usize>,
     /// One per extAuthz policy, indexed by `ExtAuthz::id`.
     pub authz: Vec<AuthzState>,
+    pub mcp: Rc<McpWorker>,
 }
 
 /// What a connection needs: its worker and the bind it arrived on.
@@ -146,12 +149,18 @@ pub fn resolve_driver(want: IoDriver) -> IoDriver {
 /// Runs the workers until they all stop.
 pub fn run(config: Arc<Config>, opts: RunOptions, bound: Bound) -> io::Result<()> {
     let driver = resolve_driver(opts.driver);
+    let (hub, inboxes) = Hub::new(bound.sockets.len());
+    let shared = Shared {
+        hub,
+        live_children: Arc::new(AtomicUsize::new(0)),
+    };
     let mut handles = Vec::new();
-    for (i, sockets) in bound.sockets.into_iter().enumerate() {
+    for ((i, sockets), inbox) in bound.sockets.into_iter().enumerate().zip(inboxes) {
         let config = config.clone();
+        let shared = shared.clone();
         let h = thread::Builder::new()
             .name(format!("ringgate-w{i}"))
-            .spawn(move || run_worker(WorkerId(i), config, driver, sockets))?;
+            .spawn(move || run_worker(WorkerId(i), config, driver, sockets, shared, inbox))?;
         handles.push(h);
     }
     for h in handles {
@@ -164,16 +173,25 @@ pub fn run(config: Arc<Config>, opts: RunOptions, bound: Bound) -> io::Result<()
     Ok(())
 }
 
+/// What all workers share: the MCP inboxes and the global child count.
+#[derive(Clone)]
+pub struct Shared {
+    pub hub: Arc<Hub>,
+    pub live_children: Arc<AtomicUsize>,
+}
+
 fn run_worker(
     id: WorkerId,
     config: Arc<Config>,
     driver: IoDriver,
     sockets: Vec<std::net::TcpListener>,
+    shared: Shared,
+    inbox: flume::Receiver<Job>,
 ) -> io::Result<()> {
     if driver == IoDriver::IoUring {
         match build_uring() {
             Ok(mut rt) => {
-                return rt.block_on(worker_main(id, config, "io_uring", sockets));
+                return rt.block_on(worker_main(id, config, "io_uring", sockets, shared, inbox));
             }
             Err(e) => {
                 warn!(worker = id.0, error = %e, "io_uring runtime failed; falling back to epoll")
@@ -183,7 +201,7 @@ fn run_worker(
     let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
         .build()?;
-    rt.block_on(worker_main(id, config, "epoll", sockets))
+    rt.block_on(worker_main(id, config, "epoll", sockets, shared, inbox))
 }
 
 fn build_uring() -> io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
@@ -209,8 +227,9 @@ async fn worker_main(
     config: Arc<Config>,
     driver: &'static str,
     sockets: Vec<std::net::TcpListener>,
+    shared: Shared,
+    inbox: flume::Receiver<Job>,
 ) -> io::Result<()> {
-    info!(worker = id.0, driver, "worker started");
     let authz = config
         .binds
         .iter()
@@ -219,14 +238,18 @@ async fn worker_main(
         .filter_map(|r| r.policies.ext_authz.as_ref())
         .map(|a| AuthzState::new(a).map_err(io::Error::other))
         .collect::<io::Result<Vec<_>>>()?;
+    let mcp = McpWorker::new(id.0, &config, shared.hub, shared.live_children);
+    mcp.start(inbox);
     let worker = Rc::new(Worker {
         id,
         config,
         driver,
         connections: Cell::new(0),
         authz,
+        mcp,
     });
     let mut accepts = Vec::new();
+    info!(worker = id.0, driver, "worker started");
     for (bind, s) in sockets.into_iter().enumerate() {
         let listener = TcpListener::from_std(s)?;
         let ctx = Rc::new(BindCtx {

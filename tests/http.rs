@@ -77,7 +77,10 @@ GET /a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
             (200, "route a".into()),
             (201, "route b".into()),
             (404, "no route matches this request".into()),
-            (501, "MCP backend not implemented yet".into()),
+            (
+                406,
+                "Not Acceptable: Client must accept text/event-stream".into()
+            ),
             (200, "route a".into()),
         ]
     );

@@ -16,6 +16,7 @@ pub fn compile(doc: &Value) -> Result<Config, ConfigErrors> {
         logging: Logging::default(),
         limits: Limits::default(),
         access_log: AccessLog::default(),
+        mcp: McpSettings::default(),
         binds: Vec::new(),
     };
     if doc.is_null() {
@@ -49,7 +50,7 @@ pub fn compile(doc: &Value) -> Result<Config, ConfigErrors> {
         }
     }
     check_unique(&cfg, &mut errs);
-    number_authz_policies(&mut cfg);
+    number_policies(&mut cfg);
     if errs.is_empty() {
         Ok(cfg)
     } else {
@@ -58,7 +59,10 @@ pub fn compile(doc: &Value) -> Result<Config, ConfigErrors> {
 }
 
 fn settings(node: Node, cfg: &mut Config, errs: &mut ConfigErrors) {
-    let Some(m) = node.map(errs, &["workerThreads", "ioDriver", "logging", "http"]) else {
+    let Some(m) = node.map(
+        errs,
+        &["workerThreads", "ioDriver", "logging", "http", "mcp"],
+    ) else {
         return;
     };
     if let Some((v, p)) = m.get("workerThreads") {
@@ -91,6 +95,49 @@ fn settings(node: Node, cfg: &mut Config, errs: &mut ConfigErrors) {
     }
     if let Some((v, p)) = m.get("http") {
         limits(Node::new(v, &p), &mut cfg.limits, errs);
+    }
+    if let Some((v, p)) = m.get("mcp") {
+        mcp_settings(Node::new(v, &p), &mut cfg.mcp, errs);
+    }
+}
+
+fn mcp_settings(node: Node, s: &mut McpSettings, errs: &mut ConfigErrors) {
+    let keys = [
+        "sessionIdleTimeout",
+        "minIdle",
+        "maxLive",
+        "maxBufferedMessages",
+        "maxLineBytes",
+        "stopGrace",
+    ];
+    let Some(m) = node.map(errs, &keys) else {
+        return;
+    };
+    let num = |key: &str, min: u64, max: u64, errs: &mut ConfigErrors| {
+        m.get(key)
+            .and_then(|(v, p)| Node::new(v, &p).uint(errs, min, max))
+    };
+    if let Some(n) = num("minIdle", 0, 1024, errs) {
+        s.min_idle = n as usize;
+    }
+    if let Some(n) = num("maxLive", 1, 1 << 20, errs) {
+        s.max_live = n as usize;
+    }
+    if let Some(n) = num("maxBufferedMessages", 1, 1 << 20, errs) {
+        s.max_buffered_messages = n as usize;
+    }
+    if let Some(n) = num("maxLineBytes", 1024, 1 << 30, errs) {
+        s.max_line_bytes = n as usize;
+    }
+    if let Some((v, p)) = m.get("sessionIdleTimeout") {
+        if let Some(d) = Node::new(v, &p).duration(errs) {
+            s.session_idle_timeout = d;
+        }
+    }
+    if let Some((v, p)) = m.get("stopGrace") {
+        if let Some(d) = Node::new(v, &p).duration(errs) {
+            s.stop_grace = d;
+        }
     }
 }
 
@@ -367,6 +414,7 @@ fn mcp_backend(node: Node, errs: &mut ConfigErrors) -> Option<Backend> {
         .map(|(v, p)| string_map(Node::new(v, &p), errs))
         .unwrap_or_default();
     Some(Backend::Mcp(McpBackend {
+        id: 0,
         target,
         cmd: cmd?,
         args,
@@ -374,17 +422,25 @@ fn mcp_backend(node: Node, errs: &mut ConfigErrors) -> Option<Backend> {
     }))
 }
 
-fn number_authz_policies(cfg: &mut Config) {
-    let routes = cfg
+/// Gives each extAuthz policy and each MCP backend its index, which workers
+/// use to find their per-policy state.
+fn number_policies(cfg: &mut Config) {
+    let mut authz = 0;
+    let mut mcp = 0;
+    for r in cfg
         .binds
         .iter_mut()
         .flat_map(|b| b.listeners.iter_mut())
-        .flat_map(|l| l.routes.iter_mut());
-    for (id, authz) in routes
-        .filter_map(|r| r.policies.ext_authz.as_mut())
-        .enumerate()
+        .flat_map(|l| l.routes.iter_mut())
     {
-        authz.id = id;
+        if let Some(a) = r.policies.ext_authz.as_mut() {
+            a.id = authz;
+            authz += 1;
+        }
+        if let Some(Backend::Mcp(m)) = r.backend.as_mut() {
+            m.id = mcp;
+            mcp += 1;
+        }
     }
 }
 

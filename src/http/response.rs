@@ -10,15 +10,22 @@ pub enum Body {
     Empty,
     Static(&'static [u8]),
     Bytes(Vec<u8>),
+    /// Pieces written as they arrive (chunked on HTTP/1.1), until every
+    /// sender is gone. Used for SSE.
+    Stream(flume::Receiver<Vec<u8>>),
 }
 
 impl Body {
+    /// The bytes of a fixed body; empty for a stream.
     pub fn as_slice(&self) -> &[u8] {
         match self {
-            Body::Empty => b"",
+            Body::Empty | Body::Stream(_) => b"",
             Body::Static(b) => b,
             Body::Bytes(b) => b,
         }
+    }
+    pub fn is_stream(&self) -> bool {
+        matches!(self, Body::Stream(_))
     }
 }
 
@@ -90,8 +97,8 @@ impl From<Vec<u8>> for HeaderValue {
 }
 
 /// Appends the status line, headers and (unless `head_only`) body to `out`.
-/// `keep_alive` is the connection's decision; HTTP/1.0 clients are told
-/// explicitly when it stays open.
+/// `keep_alive` is the connection's decision (never true for a stream to an
+/// HTTP/1.0 client); HTTP/1.0 clients are told explicitly when it stays open.
 pub fn serialize(
     out: &mut Vec<u8>,
     resp: &Response,
@@ -116,7 +123,12 @@ pub fn serialize(
         out.extend_from_slice(b"\r\n");
     }
     let bodyless = resp.status < 200 || resp.status == 204 || resp.status == 304;
-    if !bodyless {
+    if resp.body.is_stream() {
+        // HTTP/1.0 has no chunking: the stream ends with the connection.
+        if !http10 {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+    } else if !bodyless {
         let _ = write!(out, "content-length: {}\r\n", body.len());
     }
     if !keep_alive {
@@ -127,6 +139,24 @@ pub fn serialize(
     out.extend_from_slice(b"\r\n");
     if !head_only && !bodyless {
         out.extend_from_slice(body);
+    }
+}
+
+/// Appends one piece of a streamed body: a chunk, or the raw bytes on HTTP/1.0.
+pub fn stream_piece(out: &mut Vec<u8>, piece: &[u8], http10: bool) {
+    if http10 {
+        out.extend_from_slice(piece);
+    } else if !piece.is_empty() {
+        let _ = write!(out, "{:x}\r\n", piece.len());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The end of a chunked body (nothing on HTTP/1.0).
+pub fn stream_end(out: &mut Vec<u8>, http10: bool) {
+    if !http10 {
+        out.extend_from_slice(b"0\r\n\r\n");
     }
 }
 

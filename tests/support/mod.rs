@@ -184,6 +184,13 @@ impl Resp {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+    /// The JSON messages of an SSE body.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        ringgate::mcp::sse::decode(&self.body)
+            .iter()
+            .map(|d| serde_json::from_slice(d).expect("SSE data is JSON"))
+            .collect()
+    }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -225,6 +232,22 @@ pub fn read_response_to<R: BufRead>(r: &mut R, head: bool) -> Option<Resp> {
         body: Vec::new(),
     };
     if status == 100 || head {
+        return Some(resp);
+    }
+    if resp.header("transfer-encoding") == Some("chunked") {
+        loop {
+            line.clear();
+            r.read_line(&mut line).ok()?;
+            let size = usize::from_str_radix(line.trim_end(), 16).ok()?;
+            let start = resp.body.len();
+            resp.body.resize(start + size, 0);
+            r.read_exact(&mut resp.body[start..]).ok()?;
+            line.clear();
+            r.read_line(&mut line).ok()?;
+            if size == 0 {
+                break;
+            }
+        }
         return Some(resp);
     }
     let len: usize = resp

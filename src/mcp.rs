@@ -1,0 +1,367 @@
+//! MCP streamable HTTP bridged to stdio children.
+//!
+//! A session lives on the worker that created it: its child, its streams and
+//! its state are that worker's, so nothing about a session is ever locked.
+//! The session id names the owner (four hex digits, then 128 random bits);
+//! a request that arrives on another worker (SO_REUSEPORT spreads
+//! connections, and the Python SDK opens one per request) is handed to the
+//! owner as a [`Job`] over a channel, and the answer, an SSE stream included,
+//! comes back over channels the connection reads from.
+//!
+//! - [`endpoint`]: POST / GET / DELETE checks and statuses
+//! - [`jsonrpc`]: classify client messages, peek at child lines
+//! - [`session`]: one session's routing of child output
+//! - [`sse`]: event encoding
+
+pub mod endpoint;
+pub mod jsonrpc;
+pub mod session;
+pub mod sse;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::config::{Backend, Config, McpSettings};
+use crate::pool::{Pool, PoolConfig, PoolError};
+use jsonrpc::Message;
+use session::{PostError, Session};
+
+/// Protocol revisions ringgate bridges.
+pub const KNOWN_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+/// What a client that sends no `MCP-Protocol-Version` is assumed to speak.
+pub const DEFAULT_VERSION: &str = "2025-03-26";
+/// Batches were removed after this revision.
+pub const LAST_BATCH_VERSION: &str = "2025-03-26";
+
+/// A new session id owned by `worker`: 4 hex digits, then 32 hex digits of
+/// randomness from the kernel.
+pub fn new_session_id(worker: usize) -> String {
+    let mut bytes = [0u8; 16];
+    fill_random(&mut bytes);
+    let mut id = format!("{:04x}", worker & 0xffff);
+    for b in bytes {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
+}
+
+fn fill_random(buf: &mut [u8]) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: getrandom writes at most `len` bytes into the buffer we own.
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n > 0 {
+            filled += n as usize;
+        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            panic!("getrandom failed: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
+/// The worker that owns a session id, if the id is well formed.
+pub fn owner_of(id: &str) -> Option<usize> {
+    if id.len() != 36
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        return None;
+    }
+    usize::from_str_radix(&id[..4], 16).ok()
+}
+
+/// A request for a session's owner.
+pub struct Job {
+    pub session: String,
+    pub identity: String,
+    pub backend: usize,
+    pub version_header: Option<String>,
+    pub op: Op,
+    pub reply: flume::Sender<Reply>,
+}
+
+pub enum Op {
+    Post { messages: Vec<Message>, batch: bool },
+    Get,
+    Delete,
+}
+
+pub enum Reply {
+    /// A plain-text refusal (404 unknown session, 400 version...).
+    Status(u16, &'static str),
+    /// Notifications and responses only: 202.
+    Accepted,
+    /// SSE events until the stream ends.
+    Stream(flume::Receiver<Vec<u8>>),
+    Deleted,
+}
+
+/// The inboxes of every worker, shared by all of them.
+pub struct Hub {
+    inboxes: Vec<flume::Sender<Job>>,
+}
+
+impl Hub {
+    pub fn new(workers: usize) -> (Arc<Hub>, Vec<flume::Receiver<Job>>) {
+        let (txs, rxs) = (0..workers).map(|_| flume::unbounded()).unzip();
+        (Arc::new(Hub { inboxes: txs }), rxs)
+    }
+}
+
+/// One worker's MCP state: its sessions and its child pools.
+pub struct McpWorker {
+    worker: usize,
+    sessions: RefCell<HashMap<Rc<str>, Rc<Session>>>,
+    /// Indexed by `McpBackend::id`.
+    pools: Vec<Rc<Pool>>,
+    hub: Arc<Hub>,
+    settings: McpSettings,
+}
+
+impl McpWorker {
+    pub fn new(
+        worker: usize,
+        config: &Config,
+        hub: Arc<Hub>,
+        live: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Rc<McpWorker> {
+        let s = &config.mcp;
+        let pools = config
+            .binds
+            .iter()
+            .flat_map(|b| &b.listeners)
+            .flat_map(|l| &l.routes)
+            .filter_map(|r| r.backend.as_ref())
+            .map(|Backend::Mcp(m)| m)
+            .map(|m| {
+                let cfg = PoolConfig {
+                    min_idle: s.min_idle,
+                    max_live: s.max_live,
+                    max_line_bytes: s.max_line_bytes,
+                    stop_grace: s.stop_grace,
+                    ..PoolConfig::default()
+                };
+                let spec = crate::pool::ChildSpec {
+                    cmd: m.cmd.clone(),
+                    args: m.args.clone(),
+                    env: m.env.clone(),
+                };
+                Pool::new(spec, cfg, live.clone(), format!("{}/w{worker}", m.target))
+            })
+            .collect();
+        Rc::new(McpWorker {
+            worker,
+            sessions: RefCell::new(HashMap::new()),
+            pools,
+            hub,
+            settings: s.clone(),
+        })
+    }
+
+    /// Starts the pools, the inbox and the idle-session sweeper.
+    pub fn start(self: &Rc<Self>, inbox: flume::Receiver<Job>) {
+        for p in &self.pools {
+            p.start();
+        }
+        let me = self.clone();
+        monoio::spawn(async move {
+            while let Ok(job) = inbox.recv_async().await {
+                let me = me.clone();
+                monoio::spawn(async move { me.run_job(job).await });
+            }
+        });
+        let me = self.clone();
+        monoio::spawn(async move { me.sweep_idle().await });
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.borrow().len()
+    }
+
+    /// Runs `job` on the session's owner, here or on another worker, and
+    /// waits for the owner's reply.
+    pub async fn dispatch(self: &Rc<Self>, job: Job, reply: flume::Receiver<Reply>) -> Reply {
+        match owner_of(&job.session) {
+            Some(w) if w == self.worker => self.run_job(job).await,
+            Some(w) if w < self.hub.inboxes.len() => {
+                if self.hub.inboxes[w].send(job).is_err() {
+                    return Reply::Status(503, "worker unavailable");
+                }
+            }
+            _ => return Reply::Status(404, "session not found"),
+        }
+        // The owner always replies without waiting on the child.
+        match monoio::time::timeout(Duration::from_secs(5), reply.recv_async()).await {
+            Ok(Ok(r)) => r,
+            _ => Reply::Status(503, "session owner did not answer"),
+        }
+    }
+
+    async fn run_job(self: &Rc<Self>, job: Job) {
+        let reply = self.answer(&job).await;
+        let _ = job.reply.send(reply);
+    }
+
+    async fn answer(self: &Rc<Self>, job: &Job) -> Reply {
+        let session = self.sessions.borrow().get(job.session.as_str()).cloned();
+        let Some(session) = session
+            .filter(|s| s.identity == job.identity && s.backend == job.backend && !s.is_ended())
+        else {
+            return Reply::Status(404, "session not found");
+        };
+        let negotiated = session
+            .protocol()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| DEFAULT_VERSION.to_string());
+        if let Some(v) = &job.version_header {
+            if !KNOWN_VERSIONS.contains(&v.as_str()) || *v != negotiated {
+                return Reply::Status(400, "Bad Request: unsupported MCP-Protocol-Version");
+            }
+        }
+        match &job.op {
+            Op::Post { messages, batch } => {
+                if *batch && negotiated.as_str() > LAST_BATCH_VERSION {
+                    return Reply::Status(
+                        400,
+                        "Bad Request: batches are not supported by this protocol version",
+                    );
+                }
+                match session.post(messages).await {
+                    Ok(Some(rx)) => Reply::Stream(rx),
+                    Ok(None) => Reply::Accepted,
+                    Err(PostError::Ended) => Reply::Status(404, "session not found"),
+                    Err(PostError::DuplicateId) => {
+                        Reply::Status(400, "Bad Request: request id already in flight")
+                    }
+                }
+            }
+            Op::Get => match session.open_get() {
+                Some(rx) => Reply::Stream(rx),
+                None => Reply::Status(404, "session not found"),
+            },
+            Op::Delete => {
+                self.remove(&session, "deleted by client");
+                Reply::Deleted
+            }
+        }
+    }
+
+    /// Creates a session on this worker for an `initialize` request.
+    pub async fn initialize(
+        self: &Rc<Self>,
+        backend: usize,
+        identity: String,
+        messages: &[Message],
+    ) -> Result<(String, flume::Receiver<Vec<u8>>), Reply> {
+        let pool = &self.pools[backend];
+        let child = match pool.take() {
+            Ok(c) => c,
+            Err(PoolError::Exhausted { .. }) => {
+                return Err(Reply::Status(503, "no MCP server available"))
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot start MCP server");
+                return Err(Reply::Status(503, "MCP server failed to start"));
+            }
+        };
+        let id = new_session_id(self.worker);
+        let (handle, writer, reader) = child.into_parts();
+        handle.set_session(&id);
+        let session = Session::new(
+            id.clone().into(),
+            identity,
+            backend,
+            writer,
+            handle,
+            self.settings.max_buffered_messages,
+        );
+        self.sessions
+            .borrow_mut()
+            .insert(session.id.clone(), session.clone());
+        info!(
+            session = id,
+            pid = session.handle().pid(),
+            "session started"
+        );
+        let me = self.clone();
+        let s2 = session.clone();
+        monoio::spawn(session::read_child(session.clone(), reader, move || {
+            me.remove(&s2, "MCP server ended")
+        }));
+        match session.post(messages).await {
+            Ok(Some(rx)) => Ok((id, rx)),
+            _ => {
+                self.remove(&session, "MCP server did not take initialize");
+                Err(Reply::Status(503, "MCP server failed to start"))
+            }
+        }
+    }
+
+    /// Forgets a session and stops its child in the background.
+    fn remove(&self, session: &Rc<Session>, reason: &str) {
+        let removed = self.sessions.borrow_mut().remove(&session.id).is_some();
+        session.end(reason);
+        if removed {
+            let s = session.clone();
+            let grace = self.settings.stop_grace;
+            monoio::spawn(async move {
+                let status = s.handle().stop(grace).await;
+                info!(session = &*s.id, ?status, "MCP server stopped");
+            });
+        }
+    }
+
+    async fn sweep_idle(self: Rc<Self>) {
+        let ttl = self.settings.session_idle_timeout;
+        let every = (ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+        loop {
+            monoio::time::sleep(every).await;
+            let now = Instant::now();
+            let idle: Vec<Rc<Session>> = self
+                .sessions
+                .borrow()
+                .values()
+                .filter(|s| s.idle_since().is_some_and(|t| now.duration_since(t) >= ttl))
+                .cloned()
+                .collect();
+            for s in idle {
+                self.remove(&s, "idle timeout");
+            }
+        }
+    }
+
+    /// Ends every session and stops every child (shutdown).
+    pub async fn shutdown(&self) {
+        let all: Vec<Rc<Session>> = self.sessions.borrow_mut().drain().map(|(_, s)| s).collect();
+        for s in all {
+            s.end("shutting down");
+            s.handle().stop(self.settings.stop_grace).await;
+        }
+        for p in &self.pools {
+            p.shutdown().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_name_their_owner_and_are_random() {
+        let a = new_session_id(3);
+        let b = new_session_id(3);
+        assert_eq!(a.len(), 36);
+        assert_ne!(a, b);
+        assert_eq!(owner_of(&a), Some(3));
+        assert_eq!(owner_of("0003"), None);
+        assert_eq!(owner_of(&a.to_uppercase()), None);
+        assert!(a.bytes().all(|c| c.is_ascii_graphic()));
+    }
+}

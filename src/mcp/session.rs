@@ -1,0 +1,316 @@
+//! One MCP session: its child, the streams waiting for the child's answers,
+//! and the reader task that routes every line the child writes.
+//!
+//! Routing of a child's line:
+//! - a response goes on the stream of the POST that carried its request;
+//! - a notification with the `progressToken` of an in-flight request goes on
+//!   that request's stream;
+//! - anything else (other notifications, server-to-client requests) goes on
+//!   the GET stream, or waits in a bounded backlog while none is open.
+//!
+//! A child that exits, or writes a line that is not JSON-RPC, ends the
+//! session: every in-flight request gets a JSON-RPC error at once.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use crate::mcp::jsonrpc::{self, Kind, Message, Outgoing};
+use crate::mcp::sse;
+use crate::pool::{ChildHandle, ChildReader, ChildWriter};
+
+/// Pieces a POST's stream may hold before the child's reader waits for the
+/// client to read (backpressure onto that session's own child only).
+pub const POST_STREAM_DEPTH: usize = 256;
+
+/// A POST's SSE stream, shared by the requests it carried; it closes when
+/// the last of them is answered (the last `Rc` drops the sender).
+pub struct PostStream {
+    tx: flume::Sender<Vec<u8>>,
+}
+
+struct Pending {
+    stream: Rc<PostStream>,
+    progress: Option<String>,
+}
+
+struct State {
+    pending: HashMap<String, Pending>,
+    /// progressToken -> request id.
+    progress: HashMap<String, String>,
+    get: Option<flume::Sender<Vec<u8>>>,
+    backlog: VecDeque<Vec<u8>>,
+    last_active: Instant,
+    protocol: Option<String>,
+    ended: bool,
+}
+
+pub struct Session {
+    pub id: Rc<str>,
+    /// Who created it; anyone else presenting the id gets 404.
+    pub identity: String,
+    pub backend: usize,
+    writer: ChildWriter,
+    handle: ChildHandle,
+    state: RefCell<State>,
+    max_backlog: usize,
+    /// Server-to-client messages dropped because no GET stream took them.
+    pub overflow: Cell<u64>,
+}
+
+/// Why a POST could not be delivered to the session.
+pub enum PostError {
+    /// The session ended (child gone): the client must re-initialize.
+    Ended,
+    /// A request id already in flight in this session.
+    DuplicateId,
+}
+
+impl Session {
+    pub fn new(
+        id: Rc<str>,
+        identity: String,
+        backend: usize,
+        writer: ChildWriter,
+        handle: ChildHandle,
+        max_backlog: usize,
+    ) -> Rc<Session> {
+        Rc::new(Session {
+            id,
+            identity,
+            backend,
+            writer,
+            handle,
+            state: RefCell::new(State {
+                pending: HashMap::new(),
+                progress: HashMap::new(),
+                get: None,
+                backlog: VecDeque::new(),
+                last_active: Instant::now(),
+                protocol: None,
+                ended: false,
+            }),
+            max_backlog,
+            overflow: Cell::new(0),
+        })
+    }
+
+    pub fn handle(&self) -> &ChildHandle {
+        &self.handle
+    }
+
+    pub fn protocol(&self) -> Option<String> {
+        self.state.borrow().protocol.clone()
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.state.borrow().ended
+    }
+
+    /// Idle since, or `None` while a GET stream is open (a connected client).
+    pub fn idle_since(&self) -> Option<Instant> {
+        let st = self.state.borrow();
+        match &st.get {
+            Some(tx) if !tx.is_disconnected() => None,
+            _ => Some(st.last_active),
+        }
+    }
+
+    /// Sends client messages to the child. Returns the SSE stream for their
+    /// answers when they include requests, `None` when they do not (202).
+    pub async fn post(
+        &self,
+        messages: &[Message],
+    ) -> Result<Option<flume::Receiver<Vec<u8>>>, PostError> {
+        let stream = {
+            let mut st = self.state.borrow_mut();
+            if st.ended {
+                return Err(PostError::Ended);
+            }
+            st.last_active = Instant::now();
+            let mut stream = None;
+            for m in messages {
+                if let Kind::Request { id, .. } = &m.kind {
+                    if st.pending.contains_key(id) {
+                        return Err(PostError::DuplicateId);
+                    }
+                }
+            }
+            let mut rx = None;
+            for m in messages {
+                if let Kind::Request {
+                    id, progress_token, ..
+                } = &m.kind
+                {
+                    let s = stream.get_or_insert_with(|| {
+                        let (tx, r) = flume::bounded(POST_STREAM_DEPTH);
+                        rx = Some(r);
+                        Rc::new(PostStream { tx })
+                    });
+                    if let Some(t) = progress_token {
+                        st.progress.insert(t.clone(), id.clone());
+                    }
+                    st.pending.insert(
+                        id.clone(),
+                        Pending {
+                            stream: s.clone(),
+                            progress: progress_token.clone(),
+                        },
+                    );
+                }
+            }
+            rx
+        };
+        for m in messages {
+            if self.writer.send(m.line.as_bytes()).await.is_err() {
+                // The reader sees the child's end and fails what is pending.
+                return Err(PostError::Ended);
+            }
+        }
+        Ok(stream)
+    }
+
+    /// Opens (or replaces) the GET stream and hands it the backlog.
+    pub fn open_get(&self) -> Option<flume::Receiver<Vec<u8>>> {
+        let mut st = self.state.borrow_mut();
+        if st.ended {
+            return None;
+        }
+        st.last_active = Instant::now();
+        let (tx, rx) = flume::bounded(self.max_backlog);
+        while let Some(ev) = st.backlog.pop_front() {
+            let _ = tx.try_send(ev);
+        }
+        st.get = Some(tx);
+        Some(rx)
+    }
+
+    pub fn touch(&self) {
+        self.state.borrow_mut().last_active = Instant::now();
+    }
+
+    /// Routes one line from the child. Returns false when the line is not
+    /// JSON-RPC (the session must end).
+    pub async fn route(&self, line: &[u8]) -> bool {
+        let Some(out) = jsonrpc::peek(line) else {
+            return false;
+        };
+        let event = sse::event(line);
+        let target = {
+            let mut st = self.state.borrow_mut();
+            match out {
+                Outgoing::Response { id } => match st.pending.remove(&id) {
+                    Some(p) => {
+                        if let Some(t) = &p.progress {
+                            st.progress.remove(t);
+                        }
+                        // The first answer is the initialize one; an empty
+                        // version means "not negotiated" (a failed initialize).
+                        if st.protocol.is_none() {
+                            st.protocol = Some(jsonrpc::protocol_version(line).unwrap_or_default());
+                        }
+                        Some(p.stream)
+                    }
+                    None => None,
+                },
+                Outgoing::Notification {
+                    progress: Some(t), ..
+                } => st
+                    .progress
+                    .get(&t)
+                    .and_then(|id| st.pending.get(id))
+                    .map(|p| p.stream.clone()),
+                _ => None,
+            }
+        };
+        match target {
+            // Waits if the client reads slowly; a gone client fails at once.
+            Some(stream) => {
+                let _ = stream.tx.send_async(event).await;
+            }
+            None => self.to_get_stream(event),
+        }
+        true
+    }
+
+    fn to_get_stream(&self, event: Vec<u8>) {
+        let mut st = self.state.borrow_mut();
+        if let Some(tx) = &st.get {
+            match tx.try_send(event) {
+                Ok(()) => return,
+                Err(flume::TrySendError::Full(_)) => {
+                    self.overflow.set(self.overflow.get() + 1);
+                    return;
+                }
+                Err(flume::TrySendError::Disconnected(ev)) => {
+                    st.get = None;
+                    return self.backlog_push(&mut st, ev);
+                }
+            }
+        }
+        self.backlog_push(&mut st, event);
+    }
+
+    fn backlog_push(&self, st: &mut State, event: Vec<u8>) {
+        if st.backlog.len() >= self.max_backlog {
+            st.backlog.pop_front();
+            self.overflow.set(self.overflow.get() + 1);
+        }
+        st.backlog.push_back(event);
+    }
+
+    /// Ends the session: every pending request gets a JSON-RPC error, every
+    /// stream closes. The caller stops the child.
+    pub fn end(&self, reason: &str) {
+        let pending = {
+            let mut st = self.state.borrow_mut();
+            if st.ended {
+                return;
+            }
+            st.ended = true;
+            st.progress.clear();
+            st.get = None;
+            st.backlog.clear();
+            std::mem::take(&mut st.pending)
+        };
+        info!(
+            session = &*self.id,
+            reason,
+            failed = pending.len(),
+            "session ended"
+        );
+        for (id, p) in pending {
+            let line = jsonrpc::error_line(Some(&id), jsonrpc::INTERNAL_ERROR, reason);
+            let _ = p.stream.tx.try_send(sse::event(line.as_bytes()));
+        }
+    }
+}
+
+/// Reads the child's stdout until it ends, routing each line; then ends the
+/// session and calls `on_end` (which removes it and stops the child).
+pub async fn read_child(session: Rc<Session>, mut reader: ChildReader, on_end: impl FnOnce()) {
+    let reason = loop {
+        match reader.next_line().await {
+            Some(Ok(line)) => {
+                if !session.route(&line).await {
+                    warn!(
+                        session = &*session.id,
+                        line = %String::from_utf8_lossy(&line[..line.len().min(200)]),
+                        "MCP server wrote a line that is not JSON-RPC"
+                    );
+                    break "MCP server wrote an invalid message";
+                }
+            }
+            Some(Err(e)) => {
+                warn!(session = &*session.id, error = %e, "MCP server output refused");
+                break "MCP server output refused";
+            }
+            None => break "MCP server exited",
+        }
+    };
+    session.end(reason);
+    on_end();
+}

@@ -1,0 +1,402 @@
+//! Per-worker warm pool of stdio children for one MCP target.
+//!
+//! Children are spawned ahead of demand (spawned, not initialized: the MCP
+//! client's own `initialize` goes to the child), so a new session does not
+//! wait for `npx` (~1 s cold). Each worker owns its pool (`Rc`, no locks);
+//! only the count of live children is shared (`Arc<AtomicUsize>`), because
+//! `max_live` bounds the whole process.
+//!
+//! A refill task keeps `min_idle` children ready. Spawn failures (command not
+//! found, or children that die before [`HEALTHY_AFTER_MS`]) back off
+//! exponentially and are logged once per step; while backing off after
+//! repeated failures, `take` refuses with [`PoolError::Backoff`] instead of
+//! forking on every request.
+//!
+//! - [`child`]: one child: spawn, line I/O, stop, reap
+//! - `reader`, `writer`, `stderr`: stdout lines, stdin lines, stderr logging
+//! - `reaper`: group signals, non-reaping exit checks, orphans
+
+pub mod child;
+mod reader;
+mod reaper;
+mod stderr;
+mod writer;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+pub use child::{
+    Child, ChildError, ChildHandle, ChildReader, ChildSpec, ChildWriter, ExitCause, ExitCounts,
+    SpawnOptions,
+};
+pub use reader::READ_CHUNK_BYTES;
+pub use reaper::{reap_orphans, LiveSlot};
+pub use stderr::{
+    StderrStats, STDERR_BURST_LINES, STDERR_LINES_PER_SEC, STDERR_MAX_LINE_BYTES,
+    STDERR_REPORT_INTERVAL_MS,
+};
+
+/// A child that lives this long (idle) proves the command works: the
+/// failure streak, and so the backoff, resets.
+pub const HEALTHY_AFTER_MS: u64 = 1000;
+/// Floor for the spawn backoff, whatever the configuration says.
+pub const MIN_BACKOFF_MS: u64 = 10;
+/// Consecutive spawn failures after which `take` stops spawning on demand
+/// and answers [`PoolError::Backoff`] until the backoff expires.
+pub const TAKE_REFUSES_AFTER_FAILURES: u32 = 2;
+/// Refill tick: checks idle children for deaths and polls the orphan list.
+pub const IDLE_CHECK_MS: u64 = 1000;
+/// Faster tick while an idle child is younger than `HEALTHY_AFTER_MS`, so a
+/// command that exits at once is noticed (and backed off) quickly.
+pub const PROBATION_CHECK_MS: u64 = 100;
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Children kept spawned and unused, per worker.
+    pub min_idle: usize,
+    /// Children alive at once, all workers together.
+    pub max_live: usize,
+    pub spawn_backoff_initial: Duration,
+    pub spawn_backoff_max: Duration,
+    /// Longest line accepted from a child's stdout.
+    pub max_line_bytes: usize,
+    /// Each stop phase (stdin EOF, then SIGTERM) waits this long.
+    pub stop_grace: Duration,
+}
+
+impl PoolConfig {
+    pub const DEFAULT_MIN_IDLE: usize = 1;
+    pub const DEFAULT_MAX_LIVE: usize = 64;
+    pub const DEFAULT_SPAWN_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+    pub const DEFAULT_SPAWN_BACKOFF_MAX: Duration = Duration::from_secs(10);
+    pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+    pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(2);
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            min_idle: Self::DEFAULT_MIN_IDLE,
+            max_live: Self::DEFAULT_MAX_LIVE,
+            spawn_backoff_initial: Self::DEFAULT_SPAWN_BACKOFF_INITIAL,
+            spawn_backoff_max: Self::DEFAULT_SPAWN_BACKOFF_MAX,
+            max_line_bytes: Self::DEFAULT_MAX_LINE_BYTES,
+            stop_grace: Self::DEFAULT_STOP_GRACE,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// `max_live` children are alive (all workers together).
+    #[error("child pool exhausted ({max_live} live)")]
+    Exhausted { max_live: usize },
+    /// Recent spawns failed; the next attempt is allowed after `retry_after`.
+    #[error("child spawn failing; retry in {retry_after:?}")]
+    Backoff { retry_after: Duration },
+    #[error("spawning child: {0}")]
+    Spawn(#[source] io::Error),
+    #[error("pool is shut down")]
+    ShutDown,
+}
+
+/// Counters for tests and metrics (this worker's pool only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub spawned: u64,
+    pub spawn_failures: u64,
+    /// Idle children found dead (removed and reaped).
+    pub died_idle: u64,
+    pub taken: u64,
+    /// Exits of this pool's children by cause, including taken ones.
+    pub exited: u64,
+    pub stdin_closed: u64,
+    pub terminated: u64,
+    pub killed: u64,
+    pub dropped: u64,
+}
+
+/// One worker's pool for one target. Call [`Pool::shutdown`] before dropping
+/// it: a pool dropped with idle children kills their groups at once
+/// (SIGKILL, no grace) and leaves them to [`reap_orphans`].
+pub struct Pool {
+    spec: ChildSpec,
+    cfg: PoolConfig,
+    live: Arc<AtomicUsize>,
+    label: Rc<str>,
+    idle: RefCell<VecDeque<Child>>,
+    exits: Rc<ExitCounts>,
+    spawned: Cell<u64>,
+    spawn_failures: Cell<u64>,
+    died_idle: Cell<u64>,
+    taken: Cell<u64>,
+    /// Consecutive failures; the backoff doubles with each.
+    streak: Cell<u32>,
+    /// No spawn before this.
+    next_attempt: Cell<Option<Instant>>,
+    wake: Rc<Notify>,
+    started: Cell<bool>,
+    shut: Cell<bool>,
+}
+
+impl Pool {
+    pub fn new(
+        spec: ChildSpec,
+        cfg: PoolConfig,
+        live: Arc<AtomicUsize>,
+        label: String,
+    ) -> Rc<Pool> {
+        Rc::new(Pool {
+            spec,
+            cfg,
+            live,
+            label: Rc::from(label),
+            idle: RefCell::new(VecDeque::new()),
+            exits: Rc::new(ExitCounts::default()),
+            spawned: Cell::new(0),
+            spawn_failures: Cell::new(0),
+            died_idle: Cell::new(0),
+            taken: Cell::new(0),
+            streak: Cell::new(0),
+            next_attempt: Cell::new(None),
+            wake: Rc::new(Notify::default()),
+            started: Cell::new(false),
+            shut: Cell::new(false),
+        })
+    }
+
+    /// Starts the refill task on the current monoio runtime. The task holds
+    /// only a weak reference: dropping the pool ends it.
+    pub fn start(self: &Rc<Self>) {
+        if !self.started.replace(true) {
+            monoio::spawn(refill_loop(Rc::downgrade(self), self.wake.clone()));
+        }
+    }
+
+    /// An idle child if one is alive, else a new one if under `max_live`.
+    pub fn take(&self) -> Result<Child, PoolError> {
+        if self.shut.get() {
+            return Err(PoolError::ShutDown);
+        }
+        self.wake.notify();
+        loop {
+            let Some(child) = self.idle.borrow_mut().pop_front() else {
+                break;
+            };
+            if child.try_exit().is_some() {
+                self.died_while_idle(&child);
+                continue;
+            }
+            self.taken.set(self.taken.get() + 1);
+            return Ok(child);
+        }
+        // A single failure may be a fluke (a child killed from outside): the
+        // request still gets a spawn. Repeated ones mean the command is
+        // broken, and forking for every request would only add load.
+        if let Some(t) = self.next_attempt.get() {
+            let now = Instant::now();
+            if now < t && self.streak.get() >= TAKE_REFUSES_AFTER_FAILURES {
+                return Err(PoolError::Backoff {
+                    retry_after: t - now,
+                });
+            }
+        }
+        let child = self.spawn_one()?;
+        self.taken.set(self.taken.get() + 1);
+        Ok(child)
+    }
+
+    /// Live children of all workers together.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    pub fn idle(&self) -> usize {
+        self.idle.borrow().len()
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let e = &self.exits;
+        PoolStats {
+            spawned: self.spawned.get(),
+            spawn_failures: self.spawn_failures.get(),
+            died_idle: self.died_idle.get(),
+            taken: self.taken.get(),
+            exited: e.get(ExitCause::Exited),
+            stdin_closed: e.get(ExitCause::StdinClosed),
+            terminated: e.get(ExitCause::Terminated),
+            killed: e.get(ExitCause::Killed),
+            dropped: e.get(ExitCause::Dropped),
+        }
+    }
+
+    /// Stops the refill task and every idle child (concurrently, each with
+    /// `stop_grace`). Children already taken are their sessions' to stop.
+    pub async fn shutdown(&self) {
+        self.shut.set(true);
+        self.wake.notify();
+        let idle: Vec<Child> = self.idle.borrow_mut().drain(..).collect();
+        let grace = self.cfg.stop_grace;
+        let stops: Vec<_> = idle
+            .into_iter()
+            .map(|c| monoio::spawn(async move { c.stop(grace).await }))
+            .collect();
+        for s in stops {
+            s.await;
+        }
+    }
+
+    fn spawn_one(&self) -> Result<Child, PoolError> {
+        let slot =
+            LiveSlot::try_acquire(&self.live, self.cfg.max_live).ok_or(PoolError::Exhausted {
+                max_live: self.cfg.max_live,
+            })?;
+        let opts = SpawnOptions {
+            max_line_bytes: self.cfg.max_line_bytes,
+            backend: self.label.clone(),
+            live: Some(slot),
+            exits: Some(self.exits.clone()),
+        };
+        match Child::spawn(&self.spec, opts) {
+            Ok(c) => {
+                self.spawned.set(self.spawned.get() + 1);
+                Ok(c)
+            }
+            Err(e) => {
+                self.spawn_failures.set(self.spawn_failures.get() + 1);
+                self.failed(&e.to_string());
+                Err(PoolError::Spawn(e))
+            }
+        }
+    }
+
+    fn died_while_idle(&self, child: &Child) {
+        self.died_idle.set(self.died_idle.get() + 1);
+        let status = child.try_exit();
+        let age = child.handle().age();
+        if age < Duration::from_millis(HEALTHY_AFTER_MS) {
+            self.failed(&format!(
+                "child exited {} ms after spawn ({status:?})",
+                age.as_millis()
+            ));
+        } else {
+            tracing::warn!(target: "child", backend = %self.label, pid = child.pid(), ?status, "idle child exited");
+        }
+    }
+
+    /// One backoff step, logged once.
+    fn failed(&self, why: &str) {
+        let streak = self.streak.get().saturating_add(1);
+        self.streak.set(streak);
+        let factor = 1u32.checked_shl(streak - 1).unwrap_or(u32::MAX);
+        let delay = self
+            .cfg
+            .spawn_backoff_initial
+            .saturating_mul(factor)
+            .min(self.cfg.spawn_backoff_max)
+            // A zero backoff from config must not turn refill into a hot loop.
+            .max(Duration::from_millis(MIN_BACKOFF_MS));
+        self.next_attempt.set(Some(Instant::now() + delay));
+        tracing::warn!(target: "child", backend = %self.label, cmd = %self.spec.cmd, failures = streak,
+            retry_in_ms = delay.as_millis() as u64, "child spawn failed: {why}; backing off");
+    }
+
+    /// One refill pass; returns how long to sleep unless woken.
+    fn refill(&self, now: Instant) -> Duration {
+        let mut on_probation = false;
+        let idle: Vec<Child> = self.idle.borrow_mut().drain(..).collect();
+        for c in idle {
+            if c.try_exit().is_some() {
+                self.died_while_idle(&c);
+                continue;
+            }
+            if c.handle().age() >= Duration::from_millis(HEALTHY_AFTER_MS) {
+                // It stayed up: the command works, forget past failures.
+                self.streak.set(0);
+                self.next_attempt.set(None);
+            } else {
+                on_probation = true;
+            }
+            self.idle.borrow_mut().push_back(c);
+        }
+        if let Some(t) = self.next_attempt.get() {
+            if now < t {
+                return t - now;
+            }
+        }
+        while self.idle() < self.cfg.min_idle {
+            match self.spawn_one() {
+                Ok(c) => {
+                    on_probation = true;
+                    self.idle.borrow_mut().push_back(c);
+                }
+                Err(PoolError::Exhausted { .. }) => break,
+                Err(_) => {
+                    let t = self.next_attempt.get().unwrap_or(now);
+                    return t.saturating_duration_since(Instant::now());
+                }
+            }
+        }
+        Duration::from_millis(if on_probation {
+            PROBATION_CHECK_MS
+        } else {
+            IDLE_CHECK_MS
+        })
+    }
+}
+
+async fn refill_loop(pool: Weak<Pool>, wake: Rc<Notify>) {
+    loop {
+        reap_orphans();
+        let pause = {
+            let Some(pool) = pool.upgrade() else {
+                return;
+            };
+            if pool.shut.get() {
+                return;
+            }
+            pool.refill(Instant::now())
+        };
+        // Woken early by `take` or `shutdown`.
+        let _ = monoio::time::timeout(pause, wake.notified()).await;
+    }
+}
+
+/// A single-waiter wake-up flag (same thread only).
+#[derive(Default)]
+struct Notify {
+    flag: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    fn notify(&self) {
+        self.flag.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    async fn notified(&self) {
+        poll_fn(|cx| {
+            if self.flag.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}

@@ -1,0 +1,391 @@
+//! One stdio MCP server child: spawn, line I/O, stop, reap.
+//!
+//! stdin and stdout are one end of a `socketpair` (fd 0 and fd 1 of the
+//! child), which works on both monoio drivers, unlike pipes wrapped as files
+//! (io_uring only). stderr is a second socketpair read by a task that logs it
+//! (see `stderr.rs`). The child leads its own process group, because `npx`
+//! runs the real server as a grandchild (npm -> sh -> node): every signal goes
+//! to the whole group.
+//!
+//! A [`Child`] splits into three parts for different tasks: a [`ChildWriter`]
+//! (cloneable; concurrent sends are serialised whole lines), a [`ChildReader`]
+//! (one owner) and a [`ChildHandle`] (cloneable; pid, exit, stop).
+//!
+//! Every path reaps: [`ChildHandle::stop`] escalates stdin EOF -> SIGTERM ->
+//! SIGKILL and reaps; a handle dropped while the child lives SIGKILLs the
+//! group and parks the child in the process-wide orphan list
+//! ([`super::reap_orphans`]), which every pool's refill task polls.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitStatus, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::{OwnedReadHalf, Splitable};
+use monoio::net::UnixStream;
+
+use super::reader::{LineReader, Next};
+use super::reaper::{self, LiveSlot};
+use super::stderr::{self, StderrCtx, StderrStats};
+pub use super::writer::ChildWriter;
+
+/// First and longest pause between exit checks while waiting for a child.
+const EXIT_POLL_FIRST_MS: u64 = 1;
+const EXIT_POLL_MAX_MS: u64 = 50;
+/// Session shown in stderr logs before the child is handed to a session.
+const NO_SESSION: &str = "-";
+
+/// What to run. `env` is added to the inherited environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildSpec {
+    pub cmd: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    #[error("line from child exceeds {limit} bytes")]
+    LineTooLong { limit: usize },
+    #[error("child I/O: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// How a child ended, as far as we can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCause {
+    /// On its own, before anyone asked it to stop.
+    Exited,
+    /// After `stop` closed its stdin, within the grace period.
+    StdinClosed,
+    /// After `stop` sent SIGTERM to its group.
+    Terminated,
+    /// After `stop` sent SIGKILL to its group.
+    Killed,
+    /// Its handle was dropped while it ran: SIGKILLed, reaped as an orphan.
+    Dropped,
+}
+
+/// Exit counts by cause, shared by the children of one pool (one worker).
+#[derive(Debug, Default)]
+pub struct ExitCounts {
+    counts: [Cell<u64>; 5],
+}
+
+impl ExitCounts {
+    fn idx(c: ExitCause) -> usize {
+        match c {
+            ExitCause::Exited => 0,
+            ExitCause::StdinClosed => 1,
+            ExitCause::Terminated => 2,
+            ExitCause::Killed => 3,
+            ExitCause::Dropped => 4,
+        }
+    }
+    pub fn get(&self, c: ExitCause) -> u64 {
+        self.counts[Self::idx(c)].get()
+    }
+    fn add(&self, c: ExitCause) {
+        let cell = &self.counts[Self::idx(c)];
+        cell.set(cell.get() + 1);
+    }
+}
+
+/// Per-spawn settings.
+#[derive(Debug)]
+pub struct SpawnOptions {
+    /// Longest line accepted from the child's stdout (without its `\n`).
+    pub max_line_bytes: usize,
+    /// Names the backend in logs (the pool's label).
+    pub backend: Rc<str>,
+    /// Global live-count slot, given back when this child is reaped.
+    pub live: Option<LiveSlot>,
+    /// Where to count this child's exit.
+    pub exits: Option<Rc<ExitCounts>>,
+}
+
+/// A spawned child with its three parts.
+pub struct Child {
+    handle: ChildHandle,
+    writer: ChildWriter,
+    reader: ChildReader,
+}
+
+impl Child {
+    /// Spawns `spec`. Must run on a monoio runtime (the stderr task is
+    /// spawned on it; the sockets register with its driver).
+    pub fn spawn(spec: &ChildSpec, opts: SpawnOptions) -> io::Result<Child> {
+        reaper::reap_orphans();
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let (err_ours, err_theirs) = std::os::unix::net::UnixStream::pair()?;
+        let theirs_out = theirs.try_clone()?;
+        let mut cmd = Command::new(&spec.cmd);
+        cmd.args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::from(OwnedFd::from(theirs_out)))
+            .stderr(Stdio::from(OwnedFd::from(err_theirs)))
+            .process_group(0);
+        let spawned = cmd.spawn();
+        // Our copies of the child's ends must close now, or we would never
+        // see EOF when the child exits.
+        drop(cmd);
+        let mut proc = spawned?;
+        let pid = proc.id();
+        let wired = (|| {
+            // monoio's epoll driver expects non-blocking fds; io_uring is
+            // fine with them too.
+            ours.set_nonblocking(true)?;
+            err_ours.set_nonblocking(true)?;
+            Ok::<_, io::Error>((UnixStream::from_std(ours)?, UnixStream::from_std(err_ours)?))
+        })();
+        let (stream, err_stream) = match wired {
+            Ok(s) => s,
+            Err(e) => {
+                reaper::signal_group(pid, libc::SIGKILL);
+                let _ = proc.kill();
+                reaper::adopt(proc, opts.live);
+                return Err(e);
+            }
+        };
+        let fd = stream.as_raw_fd();
+        let (rd, wr) = stream.into_split();
+        let writer = ChildWriter::new(wr, fd);
+        let session: Rc<RefCell<Rc<str>>> = Rc::new(RefCell::new(Rc::from(NO_SESSION)));
+        let stats = Rc::new(Cell::new(StderrStats::default()));
+        monoio::spawn(stderr::log_task(
+            err_stream,
+            StderrCtx {
+                pid,
+                backend: opts.backend.clone(),
+                session: session.clone(),
+                stats: stats.clone(),
+            },
+        ));
+        tracing::debug!(target: "child", pid, backend = %opts.backend, "child spawned");
+        let handle = ChildHandle(Rc::new(Proc {
+            pid,
+            proc: RefCell::new(Some(proc)),
+            status: Cell::new(None),
+            stopping: Cell::new(ExitCause::Exited),
+            cause: Cell::new(None),
+            stdin: writer.clone(),
+            session,
+            stderr: stats,
+            live: RefCell::new(opts.live),
+            exits: opts.exits,
+            spawned_at: Instant::now(),
+        }));
+        let reader = ChildReader {
+            lines: LineReader::new(rd, opts.max_line_bytes),
+            limit: opts.max_line_bytes,
+        };
+        Ok(Child {
+            handle,
+            writer,
+            reader,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.handle.pid()
+    }
+    pub fn handle(&self) -> &ChildHandle {
+        &self.handle
+    }
+    pub fn writer(&self) -> &ChildWriter {
+        &self.writer
+    }
+    pub fn reader(&mut self) -> &mut ChildReader {
+        &mut self.reader
+    }
+    pub fn into_parts(self) -> (ChildHandle, ChildWriter, ChildReader) {
+        (self.handle, self.writer, self.reader)
+    }
+    pub fn try_exit(&self) -> Option<ExitStatus> {
+        self.handle.try_exit()
+    }
+    pub async fn send(&self, line: &[u8]) -> io::Result<()> {
+        self.writer.send(line).await
+    }
+    pub async fn next_line(&mut self) -> Option<Result<Vec<u8>, ChildError>> {
+        self.reader.next_line().await
+    }
+    pub async fn wait_exit(&self) -> ExitStatus {
+        self.handle.wait_exit().await
+    }
+    pub async fn stop(&self, grace: Duration) -> ExitStatus {
+        self.handle.stop(grace).await
+    }
+}
+
+/// Reads the child's stdout, one line at a time. Cancel-safe.
+pub struct ChildReader {
+    lines: LineReader<OwnedReadHalf<UnixStream>>,
+    limit: usize,
+}
+
+impl ChildReader {
+    /// One line without its `\n` (`\r\n` tolerated); `None` at EOF. A line
+    /// over the limit gives `LineTooLong` and finishes the reader, since the
+    /// framing cannot be trusted after it.
+    pub async fn next_line(&mut self) -> Option<Result<Vec<u8>, ChildError>> {
+        Some(match self.lines.next().await? {
+            Next::Line(l) => Ok(l),
+            Next::TooLong => Err(ChildError::LineTooLong { limit: self.limit }),
+            Next::Error(e) => Err(ChildError::Io(e)),
+        })
+    }
+}
+
+/// Pid, exit status, stop. Clones share one child; dropping the last one
+/// while the child runs kills its group (see the module doc).
+#[derive(Clone)]
+pub struct ChildHandle(Rc<Proc>);
+
+struct Proc {
+    pid: u32,
+    /// `None` once reaped (or handed to the orphan list).
+    proc: RefCell<Option<std::process::Child>>,
+    status: Cell<Option<ExitStatus>>,
+    /// The cause to record if it exits now (what `stop` last did).
+    stopping: Cell<ExitCause>,
+    cause: Cell<Option<ExitCause>>,
+    stdin: ChildWriter,
+    session: Rc<RefCell<Rc<str>>>,
+    stderr: Rc<Cell<StderrStats>>,
+    live: RefCell<Option<LiveSlot>>,
+    exits: Option<Rc<ExitCounts>>,
+    spawned_at: Instant,
+}
+
+impl Proc {
+    fn reaped(&self, status: ExitStatus, cause: ExitCause) {
+        self.proc.borrow_mut().take();
+        self.status.set(Some(status));
+        self.cause.set(Some(cause));
+        if let Some(c) = &self.exits {
+            c.add(cause);
+        }
+        // Exactly once per child: the slot is gone after this.
+        self.live.borrow_mut().take();
+        tracing::debug!(target: "child", pid = self.pid, %status, ?cause, "child reaped");
+    }
+}
+
+impl ChildHandle {
+    pub fn pid(&self) -> u32 {
+        self.0.pid
+    }
+
+    /// Time since spawn.
+    pub fn age(&self) -> Duration {
+        self.0.spawned_at.elapsed()
+    }
+
+    /// Names the session in this child's stderr log lines from now on.
+    pub fn set_session(&self, session: &str) {
+        *self.0.session.borrow_mut() = Rc::from(session);
+    }
+
+    pub fn stderr_stats(&self) -> StderrStats {
+        self.0.stderr.get()
+    }
+
+    /// Why it ended, once reaped.
+    pub fn exit_cause(&self) -> Option<ExitCause> {
+        self.0.cause.get()
+    }
+
+    /// The exit status if the child has exited; reaps it (and SIGKILLs what
+    /// is left of its group) the first time. Never blocks.
+    pub fn try_exit(&self) -> Option<ExitStatus> {
+        if let Some(s) = self.0.status.get() {
+            return Some(s);
+        }
+        let status = {
+            let mut p = self.0.proc.borrow_mut();
+            reaper::reap_if_exited(p.as_mut()?)?
+        };
+        self.0.reaped(status, self.0.stopping.get());
+        Some(status)
+    }
+
+    /// Waits for the child to exit, polling with a short backoff (monoio has
+    /// no child-exit event; a blocking wait would stall the worker).
+    pub async fn wait_exit(&self) -> ExitStatus {
+        loop {
+            if let Some(s) = self.wait_exit_for(Duration::from_secs(3600)).await {
+                return s;
+            }
+        }
+    }
+
+    /// Like `wait_exit`, giving up after `limit`.
+    pub async fn wait_exit_for(&self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let mut pause = Duration::from_millis(EXIT_POLL_FIRST_MS);
+        loop {
+            if let Some(s) = self.try_exit() {
+                return Some(s);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            monoio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(EXIT_POLL_MAX_MS));
+        }
+    }
+
+    /// Closes stdin, waits up to `grace`; SIGTERM to the group, waits up to
+    /// `grace`; SIGKILL to the group; reaps. Returns at once if already
+    /// reaped. Takes at most about 2 x `grace` plus the time SIGKILL takes.
+    pub async fn stop(&self, grace: Duration) -> ExitStatus {
+        if let Some(s) = self.try_exit() {
+            return s;
+        }
+        self.0.stopping.set(ExitCause::StdinClosed);
+        self.0.stdin.close_stdin();
+        if let Some(s) = self.wait_exit_for(grace).await {
+            return s;
+        }
+        self.signal(ExitCause::Terminated, libc::SIGTERM);
+        if let Some(s) = self.wait_exit_for(grace).await {
+            return s;
+        }
+        tracing::warn!(target: "child", pid = self.0.pid, grace_ms = grace.as_millis() as u64,
+            "child ignored stdin EOF and SIGTERM; killing its process group");
+        self.signal(ExitCause::Killed, libc::SIGKILL);
+        self.wait_exit().await
+    }
+
+    fn signal(&self, cause: ExitCause, sig: libc::c_int) {
+        // Only while unreaped: the group id is ours until then.
+        if self.0.proc.borrow().is_some() {
+            self.0.stopping.set(cause);
+            reaper::signal_group(self.0.pid, sig);
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let Some(mut proc) = self.proc.borrow_mut().take() else {
+            return;
+        };
+        if let Some(status) = reaper::reap_if_exited(&mut proc) {
+            self.reaped(status, self.stopping.get());
+            return;
+        }
+        tracing::warn!(target: "child", pid = self.pid, "child dropped without stop; killing its process group");
+        reaper::signal_group(self.pid, libc::SIGKILL);
+        if let Some(c) = &self.exits {
+            c.add(ExitCause::Dropped);
+        }
+        reaper::adopt(proc, self.live.borrow_mut().take());
+    }
+}

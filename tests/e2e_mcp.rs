@@ -1,0 +1,127 @@
+//! End to end with real peers: the official Python MCP SDK client, ringgate
+//! with the seed's policies (whois through the fake tailscaled), and the real
+//! server-everything as the stdio child.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::fake_tailscaled::FakeTailscaled;
+use support::*;
+
+const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
+
+fn server_js() -> String {
+    format!("{PEERS}/node_modules/@modelcontextprotocol/server-everything/dist/index.js")
+}
+
+/// The seed config with test-sized settings: node directly (not npx), the
+/// fake tailscaled's socket, an ephemeral loopback port.
+fn seed_config(fake: &FakeTailscaled, threads: usize) -> String {
+    let seed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/tailscale.yaml"
+    ))
+    .unwrap();
+    let out = seed
+        .replace("- port: 3000", "- port: 0\n  address: 127.0.0.1")
+        .replace("unix:/run/tailscale/tailscaled.sock", &fake.target())
+        .replace("cmd: npx", "cmd: node")
+        .replace(
+            "[\"@modelcontextprotocol/server-everything\"]",
+            &format!("[\"{}\"]", server_js()),
+        )
+        .replace(
+            "allowOrigins: [\"*\"]",
+            "allowOrigins: [\"https://app.example.com\"]",
+        );
+    assert!(
+        out.contains("- port: 0") && out.contains("cmd: node"),
+        "seed changed shape"
+    );
+    format!("config:\n  workerThreads: {threads}\n  mcp: {{stopGrace: 500ms}}\n{out}")
+}
+
+fn python_client(url: &str, src: &str, scenario: &str) -> Value {
+    let out = Command::new(format!("{PEERS}/.venv/bin/python"))
+        .arg(format!("{PEERS}/mcp_client.py"))
+        .args(["--url", url, "--source-ip", src, "--scenario", scenario])
+        .args(["--steps", "4", "--duration", "0.4", "--timeout", "60"])
+        .output()
+        .expect("run the Python MCP client (tests/peers/setup.sh installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "client printed no JSON ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn python_sdk_through_ringgate_to_server_everything() {
+    let fake = FakeTailscaled::builder()
+        .user(
+            "127.0.0.2",
+            "alice-laptop.tail1234.ts.net.",
+            "alice@example.com",
+        )
+        .start();
+    let p = Proxy::start(&seed_config(&fake, 2), &[]);
+    let url = format!("http://{}/mcp", p.addr());
+    let v = python_client(&url, "127.0.0.2", "full");
+    assert_eq!(v["ok"], true, "{v:#}");
+    let tools: Vec<&str> = v["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap_or_else(|| t["name"].as_str().unwrap()))
+        .collect();
+    for t in ["echo", "get-sum", "trigger-long-running-operation"] {
+        assert!(tools.contains(&t), "{t} in {tools:?}");
+    }
+    assert!(
+        v["echo"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("hello from ringgate e2e"),
+        "{v:#}"
+    );
+    assert!(
+        v["get_sum"]["text"].as_str().unwrap().contains('5'),
+        "{v:#}"
+    );
+    let lr = &v["long_running"];
+    assert_eq!(lr["is_error"], false, "{v:#}");
+    assert!(
+        lr["progress_notifications"].as_u64().unwrap() >= 1,
+        "progress notifications must arrive: {v:#}"
+    );
+    assert_eq!(v["delete_sent"], true, "{v:#}");
+
+    // The access log names the caller, and the session's child is gone.
+    let line = p
+        .wait_log(|l| l.contains("gen_ai.tool.name=echo"))
+        .expect("access line of the echo call");
+    assert!(line.contains("tailscale.email=alice@example.com"), "{line}");
+    assert!(line.contains("protocol=mcp"), "{line}");
+    let sid = v["session_id"].as_str().expect("session id").to_string();
+    let started = p
+        .wait_log(|l| l.contains("session started") && l.contains(&sid))
+        .expect("session start");
+    let pid: i32 = field(&started, "pid").unwrap().parse().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "child {pid} outlived its session"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A stranger gets nowhere near a child.
+    let v = python_client(&url, "127.0.0.9", "initialize-only");
+    assert_eq!(v["ok"], false);
+}
