@@ -45,9 +45,14 @@ fn seed_config(fake: &FakeTailscaled, threads: usize) -> String {
 }
 
 fn python_client(url: &str, src: &str, scenario: &str) -> Value {
+    python_client_with(url, src, scenario, &[])
+}
+
+fn python_client_with(url: &str, src: &str, scenario: &str, extra: &[&str]) -> Value {
     let out = Command::new(format!("{PEERS}/.venv/bin/python"))
         .arg(format!("{PEERS}/mcp_client.py"))
         .args(["--url", url, "--source-ip", src, "--scenario", scenario])
+        .args(extra)
         .args(["--steps", "4", "--duration", "0.4", "--timeout", "60"])
         .output()
         .expect("run the Python MCP client (tests/peers/setup.sh installs it)");
@@ -124,4 +129,27 @@ fn python_sdk_through_ringgate_to_server_everything() {
     // A stranger gets nowhere near a child.
     let v = python_client(&url, "127.0.0.9", "initialize-only");
     assert_eq!(v["ok"], false);
+}
+
+#[test]
+fn server_requests_reach_the_client_and_its_answers_reach_the_child() {
+    let fake = FakeTailscaled::builder()
+        .user(
+            "127.0.0.2",
+            "alice-laptop.tail1234.ts.net.",
+            "alice@example.com",
+        )
+        .start();
+    let p = Proxy::start(&seed_config(&fake, 2), &[]);
+    let url = format!("http://{}/mcp", p.addr());
+    // server-everything asks clients that declare roots for them (roots/list
+    // on the GET stream); the answer is a POST that must reach the child,
+    // which then logs "Roots updated" to the client.
+    let v = python_client_with(&url, "127.0.0.2", "full", &["--roots", "--linger", "1.5"]);
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert!(
+        v["server_requests"]["roots/list"].as_u64().unwrap_or(0) >= 1,
+        "roots/list reached the client: {v:#}"
+    );
+    assert_eq!(v["get_stream_opened"], true, "{v:#}");
 }

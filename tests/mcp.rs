@@ -345,3 +345,22 @@ fn pool_exhausted_is_503_with_retry_after() {
     assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after"), Some("1"));
 }
+
+#[test]
+fn idle_sessions_expire_and_their_children_are_stopped() {
+    let p = Proxy::start(&config(", sessionIdleTimeout: 400ms"), &["--threads", "1"]);
+    let sid = initialize(&p, "127.0.0.2");
+    let pid = pid_of_session(&p, &sid);
+    p.wait_log(|l| l.contains("session ended") && l.contains("idle timeout"))
+        .expect("the idle session ends");
+    let r = call(&p, "127.0.0.2", &sid, 2, "echo", json!({"message":"late"}));
+    assert_eq!(r.status, 404);
+    let deadline = Instant::now() + WAIT;
+    while !gone(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "child {pid} outlived its session"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

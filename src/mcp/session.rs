@@ -110,13 +110,12 @@ impl Session {
         self.state.borrow().ended
     }
 
-    /// Idle since, or `None` while a GET stream is open (a connected client).
+    /// Idle since, or `None` while a request is in flight or a GET stream
+    /// is open (a connected client).
     pub fn idle_since(&self) -> Option<Instant> {
         let st = self.state.borrow();
-        match &st.get {
-            Some(tx) if !tx.is_disconnected() => None,
-            _ => Some(st.last_active),
-        }
+        let get_open = st.get.as_ref().is_some_and(|tx| !tx.is_disconnected());
+        (st.pending.is_empty() && !get_open).then_some(st.last_active)
     }
 
     /// Sends client messages to the child. Returns the SSE stream for their
@@ -204,6 +203,7 @@ impl Session {
             match out {
                 Outgoing::Response { id } => match st.pending.remove(&id) {
                     Some(p) => {
+                        st.last_active = Instant::now();
                         if let Some(t) = &p.progress {
                             st.progress.remove(t);
                         }
