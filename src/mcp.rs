@@ -76,6 +76,12 @@ pub fn owner_of(id: &str) -> Option<usize> {
     usize::from_str_radix(&id[..4], 16).ok()
 }
 
+fn is_npx(cmd: &str) -> bool {
+    std::path::Path::new(cmd)
+        .file_name()
+        .is_some_and(|n| n == "npx")
+}
+
 /// A request for a session's owner.
 pub struct Job {
     pub session: String,
@@ -147,10 +153,21 @@ impl McpWorker {
                     stop_grace: s.stop_grace,
                     ..PoolConfig::default()
                 };
+                let mut env = m.env.clone();
+                // A child's stdin is a socket, not a terminal, and npx then
+                // refuses to fetch a package it has not cached unless told
+                // yes; the seed config relies on it fetching.
+                if is_npx(&m.cmd)
+                    && !env
+                        .iter()
+                        .any(|(k, _)| k.eq_ignore_ascii_case("npm_config_yes"))
+                {
+                    env.push(("npm_config_yes".into(), "true".into()));
+                }
                 let spec = crate::pool::ChildSpec {
                     cmd: m.cmd.clone(),
                     args: m.args.clone(),
-                    env: m.env.clone(),
+                    env,
                 };
                 Pool::new(spec, cfg, live.clone(), format!("{}/w{worker}", m.target))
             })
