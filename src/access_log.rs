@@ -32,7 +32,7 @@ pub fn request(ctx: &BindCtx, req: &Request, handled: &Handled, elapsed: Duratio
     if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
         return;
     }
-    let cfg = &ctx.worker.config.access_log;
+    let cfg = &ctx.config().access_log;
     let headers = if cfg.add.is_empty() && cfg.filter.is_none() {
         Vec::new()
     } else {
@@ -115,7 +115,7 @@ fn emit(ctx: &BindCtx, line: &Line) {
         .map(|(n, v)| (*n, v.as_str()))
         .chain(line.extra.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     let mut out = String::with_capacity(256);
-    match ctx.worker.config.logging.format {
+    match ctx.config().logging.format {
         LogFormat::Text => {
             out.push_str("request");
             for (n, v) in all {

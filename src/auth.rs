@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 use crate::config::{ExtAuthz, FailureMode};
 use crate::http::response::Response;
 use crate::policy::cel::{ResponseVars, Value, Vars};
+use crate::stats::{AuthzOutcome, Stats};
 use cache::{Cache, Lookup};
 use client::{AuthzClient, CheckRequest, CheckResponse, ClientConfig, Target};
 
@@ -89,11 +90,17 @@ impl AuthzState {
 }
 
 /// Runs the check for one request.
-pub async fn check(state: &AuthzState, cfg: &ExtAuthz, vars: &Vars<'_>) -> Verdict {
+pub async fn check(state: &AuthzState, cfg: &ExtAuthz, vars: &Vars<'_>, stats: &Stats) -> Verdict {
     let (answer, source) = match render(cfg, vars) {
-        Ok((req, key)) => lookup(state, cfg, vars, &req, &key).await,
+        Ok((req, key)) => lookup(state, cfg, vars, &req, &key, stats).await,
         Err(e) => (Err(e), Source::Lookup),
     };
+    let outcome = match &answer {
+        Ok(d) if d.allowed => AuthzOutcome::Allowed,
+        Ok(_) => AuthzOutcome::Denied,
+        Err(_) => AuthzOutcome::Error,
+    };
+    stats.authz(outcome, source == Source::Cache);
     match answer {
         Ok(d) if d.allowed => Verdict::Allow(Some(d), source),
         Ok(_) => Verdict::Deny(denied(403), source),
@@ -147,6 +154,7 @@ async fn lookup(
     vars: &Vars<'_>,
     req: &CheckRequest,
     key: &str,
+    stats: &Stats,
 ) -> (Answer, Source) {
     let leader = match state.cache.lookup(key, Instant::now()) {
         Lookup::Hit(a) => return (a, Source::Cache),
@@ -163,6 +171,7 @@ async fn lookup(
         Ok(resp) => decide(cfg, vars, &resp),
         Err(e) => Err(format!("authorization service: {e}").into()),
     };
+    stats.whois(started.elapsed());
     debug!(
         path = req.path,
         elapsed_us = started.elapsed().as_micros() as u64,

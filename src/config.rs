@@ -41,8 +41,19 @@ pub struct Config {
     pub limits: Limits,
     pub access_log: AccessLog,
     pub mcp: McpSettings,
+    /// `config.statsAddr`: Prometheus metrics; `None` when set to `off`.
+    pub stats_addr: Option<std::net::SocketAddr>,
+    /// `config.readinessAddr`: `GET /healthz/ready`; `None` when `off`.
+    pub readiness_addr: Option<std::net::SocketAddr>,
+    /// `config.drainTimeout` (ringgate extension): how long a SIGTERM lets
+    /// in-flight requests and streams run before they are closed.
+    pub drain_timeout: Duration,
     pub binds: Vec<Bind>,
 }
+
+pub const DEFAULT_STATS_ADDR: &str = "127.0.0.1:15020";
+pub const DEFAULT_READINESS_ADDR: &str = "127.0.0.1:15021";
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
 
 pub const DEFAULT_SESSION_IDLE_TIMEOUT_MS: u64 = 30 * 60 * 1000;
 pub const DEFAULT_POOL_MIN_IDLE: usize = 1;
@@ -278,13 +289,26 @@ pub enum Backend {
 
 #[derive(Debug, Clone)]
 pub struct McpBackend {
-    /// Numbers the MCP backends of a config: each worker keeps one child pool
-    /// per backend, and a session only serves the backend that created it.
-    pub id: usize,
     pub target: String,
     pub cmd: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+}
+
+impl McpBackend {
+    /// Identifies what a pool spawns: a reload that keeps it keeps the pool
+    /// and the sessions on it.
+    pub fn key(&self) -> String {
+        let mut k = format!("{}\0{}", self.target, self.cmd);
+        for a in &self.args {
+            k.push('\0');
+            k.push_str(a);
+        }
+        for (n, v) in &self.env {
+            k.push_str(&format!("\0{n}={v}"));
+        }
+        k
+    }
 }
 
 impl Config {

@@ -48,7 +48,7 @@ async fn read_more(stream: &mut TcpStream, mut buf: Vec<u8>, deadline: Instant) 
 
 /// Serves one connection until it closes.
 pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _guard: ConnGuard) {
-    let limits = &ctx.worker.config.limits;
+    let limits = &ctx.config().limits;
     let mut buf: Vec<u8> = Vec::with_capacity(MIN_READ_BYTES);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let mut parser = HeadParser::default();
@@ -72,7 +72,17 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
                 request_started = true;
                 deadline = deadline.min(Instant::now() + limits.header_read_timeout);
             }
-            buf = match read_more(&mut stream, buf, deadline).await {
+            let before = buf.len();
+            let read = if request_started {
+                read_more(&mut stream, buf, deadline).await
+            } else {
+                // Between requests a drain may close the connection.
+                monoio::select! {
+                    r = read_more(&mut stream, buf, deadline) => r,
+                    _ = ctx.worker.drain.wait() => return,
+                }
+            };
+            buf = match read {
                 Read::More(b) => b,
                 Read::Eof | Read::Failed => return,
                 Read::Timeout if request_started => {
@@ -80,6 +90,7 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
                 }
                 Read::Timeout => return,
             };
+            ctx.worker.stats.add_bytes(buf.len() - before, 0);
         };
 
         // The body, read whole before the pipeline runs so that a pipelined
@@ -162,7 +173,10 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
         let handled = pipeline::handle(&ctx, &req).await;
         let resp = &handled.resp;
         let http10 = head.minor_version == 0;
-        let keep_alive = head.keep_alive && !resp.close && !(http10 && resp.body.is_stream());
+        // A stream to an HTTP/1.0 client ends with the connection.
+        let stream_ends_conn = http10 && resp.body.is_stream();
+        let keep_alive =
+            head.keep_alive && !resp.close && !stream_ends_conn && !ctx.worker.drain.is_on();
         out.clear();
         let head_only = req.method() == "HEAD";
         serialize(
@@ -172,13 +186,20 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
             head.minor_version == 0,
             head_only,
         );
+        let mut sent = out.len();
         let mut written = write(&mut stream, out, limits.write_timeout).await;
         if let (Body::Stream(rx), false) = (&resp.body, head_only) {
             if let Some(o) = written {
-                written = write_stream(&mut stream, o, rx, http10, limits.write_timeout).await;
+                let (w, n) = write_stream(&mut stream, o, rx, http10, limits.write_timeout).await;
+                written = w;
+                sent += n;
             }
         }
-        access_log::request(&ctx, &req, &handled, started.elapsed());
+        let took = started.elapsed();
+        ctx.worker.stats.add_bytes(0, sent);
+        let route = handled.route.map_or("", |r| r.name.as_str());
+        ctx.worker.stats.request(route, resp.status, took);
+        access_log::request(&ctx, &req, &handled, took);
         out = match written {
             Some(o) => o,
             None => return,
@@ -195,31 +216,41 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
 /// the write also finds clients that went away.
 const STREAM_KEEPALIVE: Duration = Duration::from_secs(15);
 
-/// Writes a streamed body until its senders are gone.
+/// Writes a streamed body until its senders are gone; returns the buffer
+/// (unless the connection failed) and the bytes written.
 async fn write_stream(
     stream: &mut TcpStream,
     mut out: Vec<u8>,
     rx: &flume::Receiver<Vec<u8>>,
     http10: bool,
     timeout: Duration,
-) -> Option<Vec<u8>> {
+) -> (Option<Vec<u8>>, usize) {
+    let mut sent = 0;
     loop {
         out.clear();
-        match monoio::time::timeout(STREAM_KEEPALIVE, rx.recv_async()).await {
+        let end = match monoio::time::timeout(STREAM_KEEPALIVE, rx.recv_async()).await {
             Ok(Ok(piece)) => {
                 stream_piece(&mut out, &piece, http10);
                 // Send whatever else is already waiting in the same write.
                 while let Ok(piece) = rx.try_recv() {
                     stream_piece(&mut out, &piece, http10);
                 }
+                false
             }
             Ok(Err(_)) => {
                 stream_end(&mut out, http10);
-                return write(stream, out, timeout).await;
+                true
             }
-            Err(_) => stream_piece(&mut out, crate::mcp::sse::KEEPALIVE, http10),
+            Err(_) => {
+                stream_piece(&mut out, crate::mcp::sse::KEEPALIVE, http10);
+                false
+            }
+        };
+        sent += out.len();
+        match write(stream, out, timeout).await {
+            Some(o) if !end => out = o,
+            other => return (other, sent),
         }
-        out = write(stream, out, timeout).await?;
     }
 }
 
@@ -242,7 +273,7 @@ async fn refuse(
     out.clear();
     serialize(&mut out, &resp, false, false, false);
     access_log::refused(ctx, peer, &resp);
-    if write(&mut stream, out, ctx.worker.config.limits.write_timeout)
+    if write(&mut stream, out, ctx.config().limits.write_timeout)
         .await
         .is_some()
     {

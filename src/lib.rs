@@ -12,15 +12,20 @@
 //! - [`mcp`]: streamable HTTP endpoint, sessions owned by one worker
 //! - [`pool`]: warm pool of stdio MCP server children
 //! - [`access_log`]: one line per request
+//! - [`stats`], [`admin`]: per-worker counters, Prometheus text, readiness
+//! - [`lifecycle`]: signals: drain on SIGTERM, reload on SIGHUP
 
 pub mod access_log;
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod http;
+pub mod lifecycle;
 pub mod logging;
 pub mod mcp;
 pub mod pipeline;
 pub mod policy;
 pub mod pool;
+pub mod stats;
 pub mod worker;

@@ -9,30 +9,56 @@ use std::fmt;
 use std::io::IsTerminal;
 
 use serde_json::{Map, Value};
+use std::sync::OnceLock;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::access_log;
 use crate::config::{Config, LogFormat};
 
+/// Set when the filter came from `RUST_LOG`, which a reload must not override.
+static FROM_ENV: OnceLock<bool> = OnceLock::new();
+static RELOAD: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
 /// `RUST_LOG` wins over `config.logging.level`; the default is `info`.
 pub fn init(config: &Config) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::try_new(config.logging.level.as_deref().unwrap_or("info"))
-            .unwrap_or_else(|_| EnvFilter::new("info"))
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, from_env) = match EnvFilter::try_from_default_env() {
+        Ok(f) => (f, true),
+        Err(_) => (level_filter(config.logging.level.as_deref()), false),
+    };
+    let (filter, handle) = reload::Layer::new(filter);
+    let _ = RELOAD.set(handle);
+    let _ = FROM_ENV.set(from_env);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
+    let registry = tracing_subscriber::registry().with(filter);
     match config.logging.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.event_format(JsonLines).init(),
+        LogFormat::Text => registry.with(fmt).init(),
+        LogFormat::Json => registry.with(fmt.event_format(JsonLines)).init(),
+    }
+}
+
+fn level_filter(level: Option<&str>) -> EnvFilter {
+    EnvFilter::try_new(level.unwrap_or("info")).unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// Applies `config.logging.level` without a restart (on reload), unless
+/// `RUST_LOG` set the filter.
+pub fn set_level(level: Option<&str>) {
+    if FROM_ENV.get().copied().unwrap_or(true) {
+        return;
+    }
+    if let Some(h) = RELOAD.get() {
+        let _ = h.reload(level_filter(level));
     }
 }
 

@@ -1,5 +1,6 @@
 //! `ringgate -f config.yaml`: load and compile the config, bind, run workers.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -7,8 +8,10 @@ use std::sync::Arc;
 use clap::Parser;
 use tracing::{error, info, warn};
 
+use ringgate::admin::{self, AdminState};
 use ringgate::config::{Config, IoDriver};
-use ringgate::worker::{self, RunOptions};
+use ringgate::lifecycle;
+use ringgate::worker::{self, Plumbing, RunOptions};
 
 /// Edge proxy that puts stdio MCP servers on a tailnet, identifying every
 /// caller through the local Tailscale daemon. Reads agentgateway's YAML.
@@ -27,11 +30,28 @@ struct Cli {
     /// I/O driver: auto (io_uring if the kernel allows it), io_uring, or epoll.
     #[arg(long, value_name = "DRIVER")]
     io_driver: Option<IoDriver>,
+    /// Metrics listener, overriding config.statsAddr (IP:port, or off).
+    #[arg(long, value_name = "ADDR")]
+    stats_addr: Option<String>,
+    /// Readiness listener, overriding config.readinessAddr (IP:port, or off).
+    #[arg(long, value_name = "ADDR")]
+    readiness_addr: Option<String>,
+}
+
+/// `IP:port` or `off`.
+fn admin_addr(flag: &str, v: &str) -> Result<Option<SocketAddr>, String> {
+    match v {
+        "off" => Ok(None),
+        _ => v
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("--{flag}: {v:?} is not IP:port (or off)")),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::from_file(&cli.file) {
+    let mut config = match Config::from_file(&cli.file) {
         Ok(c) => c,
         Err(errs) => {
             eprintln!(
@@ -48,6 +68,24 @@ fn main() -> ExitCode {
     if cli.validate_only {
         println!("{}: configuration is valid", cli.file.display());
         return ExitCode::SUCCESS;
+    }
+    for (flag, value, slot) in [
+        ("stats-addr", &cli.stats_addr, &mut config.stats_addr),
+        (
+            "readiness-addr",
+            &cli.readiness_addr,
+            &mut config.readiness_addr,
+        ),
+    ] {
+        if let Some(v) = value {
+            match admin_addr(flag, v) {
+                Ok(a) => *slot = a,
+                Err(e) => {
+                    eprintln!("ringgate: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
     }
     ringgate::logging::init(&config);
     warn_about_config(&config);
@@ -78,13 +116,45 @@ fn main() -> ExitCode {
             .collect();
         info!(bind.addr = %addr, listeners = ?names, workers = threads, "listening");
     }
-    match worker::run(Arc::new(config), opts, bound) {
-        Ok(()) => ExitCode::SUCCESS,
+    let config = Arc::new(config);
+    let plumbing = Plumbing::new(threads);
+    if let Err(e) = start_admin(&config, &plumbing) {
+        error!(error = %e, "cannot start the admin listeners");
+        eprintln!("ringgate: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) =
+        lifecycle::spawn_signal_thread(plumbing.controls.clone(), cli.file.clone(), config.clone())
+    {
+        eprintln!("ringgate: cannot handle signals: {e}");
+        return ExitCode::FAILURE;
+    }
+    match worker::run(config, opts, bound, plumbing) {
+        Ok(()) => {
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             error!(error = %e, "stopped");
             ExitCode::FAILURE
         }
     }
+}
+
+fn start_admin(config: &Config, plumbing: &Plumbing) -> std::io::Result<()> {
+    let state = AdminState {
+        controls: plumbing.controls.clone(),
+        live_children: plumbing.shared.live_children.clone(),
+    };
+    if let Some(addr) = config.stats_addr {
+        admin::serve_stats(addr, state.clone())
+            .map_err(|e| std::io::Error::new(e.kind(), format!("statsAddr {addr}: {e}")))?;
+    }
+    if let Some(addr) = config.readiness_addr {
+        admin::serve_readiness(addr, state)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("readinessAddr {addr}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Legal but risky settings, said once at start-up.

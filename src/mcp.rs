@@ -86,7 +86,8 @@ fn is_npx(cmd: &str) -> bool {
 pub struct Job {
     pub session: String,
     pub identity: String,
-    pub backend: usize,
+    /// `McpBackend::key` of the route the request came in on.
+    pub backend: String,
     pub version_header: Option<String>,
     pub op: Op,
     pub reply: flume::Sender<Reply>,
@@ -124,10 +125,23 @@ impl Hub {
 pub struct McpWorker {
     worker: usize,
     sessions: RefCell<HashMap<Rc<str>, Rc<Session>>>,
-    /// Indexed by `McpBackend::id`.
-    pools: Vec<Rc<Pool>>,
+    /// By `McpBackend::key`.
+    pools: RefCell<HashMap<String, Rc<Pool>>>,
     hub: Arc<Hub>,
     settings: McpSettings,
+    live: Arc<std::sync::atomic::AtomicUsize>,
+    /// initialize requests that found no idle child.
+    pool_waits: std::cell::Cell<u64>,
+}
+
+fn backends(config: &Config) -> impl Iterator<Item = &crate::config::McpBackend> {
+    config
+        .binds
+        .iter()
+        .flat_map(|b| &b.listeners)
+        .flat_map(|l| &l.routes)
+        .filter_map(|r| r.backend.as_ref())
+        .map(|Backend::Mcp(m)| m)
 }
 
 impl McpWorker {
@@ -137,53 +151,94 @@ impl McpWorker {
         hub: Arc<Hub>,
         live: Arc<std::sync::atomic::AtomicUsize>,
     ) -> Rc<McpWorker> {
-        let s = &config.mcp;
-        let pools = config
-            .binds
-            .iter()
-            .flat_map(|b| &b.listeners)
-            .flat_map(|l| &l.routes)
-            .filter_map(|r| r.backend.as_ref())
-            .map(|Backend::Mcp(m)| m)
-            .map(|m| {
-                let cfg = PoolConfig {
-                    min_idle: s.min_idle,
-                    max_live: s.max_live,
-                    max_line_bytes: s.max_line_bytes,
-                    stop_grace: s.stop_grace,
-                    ..PoolConfig::default()
-                };
-                let mut env = m.env.clone();
-                // A child's stdin is a socket, not a terminal, and npx then
-                // refuses to fetch a package it has not cached unless told
-                // yes; the seed config relies on it fetching.
-                if is_npx(&m.cmd)
-                    && !env
-                        .iter()
-                        .any(|(k, _)| k.eq_ignore_ascii_case("npm_config_yes"))
-                {
-                    env.push(("npm_config_yes".into(), "true".into()));
-                }
-                let spec = crate::pool::ChildSpec {
-                    cmd: m.cmd.clone(),
-                    args: m.args.clone(),
-                    env,
-                };
-                Pool::new(spec, cfg, live.clone(), format!("{}/w{worker}", m.target))
-            })
-            .collect();
-        Rc::new(McpWorker {
+        let me = Rc::new(McpWorker {
             worker,
             sessions: RefCell::new(HashMap::new()),
-            pools,
+            pools: RefCell::new(HashMap::new()),
             hub,
-            settings: s.clone(),
-        })
+            settings: config.mcp.clone(),
+            live,
+            pool_waits: std::cell::Cell::new(0),
+        });
+        for m in backends(config) {
+            let pool = me.new_pool(m);
+            me.pools.borrow_mut().insert(m.key(), pool);
+        }
+        me
+    }
+
+    fn new_pool(&self, m: &crate::config::McpBackend) -> Rc<Pool> {
+        let s = &self.settings;
+        let cfg = PoolConfig {
+            min_idle: s.min_idle,
+            max_live: s.max_live,
+            max_line_bytes: s.max_line_bytes,
+            stop_grace: s.stop_grace,
+            ..PoolConfig::default()
+        };
+        let mut env = m.env.clone();
+        // A child's stdin is a socket, not a terminal, and npx then refuses to
+        // fetch a package it has not cached unless told yes; the seed config
+        // relies on it fetching.
+        if is_npx(&m.cmd)
+            && !env
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("npm_config_yes"))
+        {
+            env.push(("npm_config_yes".into(), "true".into()));
+        }
+        let spec = crate::pool::ChildSpec {
+            cmd: m.cmd.clone(),
+            args: m.args.clone(),
+            env,
+        };
+        Pool::new(
+            spec,
+            cfg,
+            self.live.clone(),
+            format!("{}/w{}", m.target, self.worker),
+        )
+    }
+
+    /// Applies a reloaded config: pools of unchanged targets (and their
+    /// sessions) stay; new targets get a pool; sessions and pools of targets
+    /// that are gone end.
+    pub fn reload(self: &Rc<Self>, config: &Config) {
+        let wanted: HashMap<String, &crate::config::McpBackend> =
+            backends(config).map(|m| (m.key(), m)).collect();
+        let mut pools = self.pools.borrow_mut();
+        let gone: Vec<String> = pools
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(p) = pools.remove(&k) {
+                monoio::spawn(async move { p.shutdown().await });
+            }
+            let ended: Vec<Rc<Session>> = self
+                .sessions
+                .borrow()
+                .values()
+                .filter(|s| s.backend == k)
+                .cloned()
+                .collect();
+            for s in ended {
+                self.remove(&s, "MCP target removed by reload");
+            }
+        }
+        for (k, m) in wanted {
+            if let std::collections::hash_map::Entry::Vacant(slot) = pools.entry(k) {
+                let p = self.new_pool(m);
+                p.start();
+                slot.insert(p);
+            }
+        }
     }
 
     /// Starts the pools, the inbox and the idle-session sweeper.
     pub fn start(self: &Rc<Self>, inbox: flume::Receiver<Job>) {
-        for p in &self.pools {
+        for p in self.pools.borrow().values() {
             p.start();
         }
         let me = self.clone();
@@ -272,11 +327,16 @@ impl McpWorker {
     /// Creates a session on this worker for an `initialize` request.
     pub async fn initialize(
         self: &Rc<Self>,
-        backend: usize,
+        backend: String,
         identity: String,
         messages: &[Message],
     ) -> Result<(String, flume::Receiver<Vec<u8>>), Reply> {
-        let pool = &self.pools[backend];
+        let Some(pool) = self.pools.borrow().get(&backend).cloned() else {
+            return Err(Reply::Status(503, "MCP target not available"));
+        };
+        if pool.idle() == 0 {
+            self.pool_waits.set(self.pool_waits.get() + 1);
+        }
         let child = match pool.take() {
             Ok(c) => c,
             Err(PoolError::Exhausted { .. }) => {
@@ -353,15 +413,57 @@ impl McpWorker {
         }
     }
 
-    /// Ends every session and stops every child (shutdown).
+    /// Ends every session and stops every child, all at once (shutdown).
     pub async fn shutdown(&self) {
         let all: Vec<Rc<Session>> = self.sessions.borrow_mut().drain().map(|(_, s)| s).collect();
-        for s in all {
-            s.end("shutting down");
-            s.handle().stop(self.settings.stop_grace).await;
+        let grace = self.settings.stop_grace;
+        let stops: Vec<_> = all
+            .into_iter()
+            .map(|s| {
+                s.end("shutting down");
+                monoio::spawn(async move { s.handle().stop(grace).await })
+            })
+            .collect();
+        let pools: Vec<Rc<Pool>> = self.pools.borrow_mut().drain().map(|(_, p)| p).collect();
+        let pool_stops: Vec<_> = pools
+            .into_iter()
+            .map(|p| monoio::spawn(async move { p.shutdown().await }))
+            .collect();
+        for s in stops {
+            s.await;
         }
-        for p in &self.pools {
-            p.shutdown().await;
+        for p in pool_stops {
+            p.await;
+        }
+    }
+
+    /// Ends every GET stream (drain: those never finish by themselves).
+    pub fn close_get_streams(&self) {
+        for s in self.sessions.borrow().values() {
+            s.close_get();
+        }
+    }
+
+    /// Sessions and pool figures for a metrics snapshot.
+    pub fn fill_snapshot(&self, snap: &mut crate::stats::Snapshot) {
+        snap.sessions = self.sessions.borrow().len() as u64;
+        snap.pool_waits = self.pool_waits.get();
+        for p in self.pools.borrow().values() {
+            let st = p.stats();
+            snap.pools.push(crate::stats::PoolFigures {
+                target: p.label().to_string(),
+                idle: p.idle(),
+                min_idle: p.config().min_idle,
+                spawned: st.spawned,
+                spawn_failures: st.spawn_failures,
+                exits: vec![
+                    ("exited", st.exited),
+                    ("stdin_closed", st.stdin_closed),
+                    ("terminated", st.terminated),
+                    ("killed", st.killed),
+                    ("dropped", st.dropped),
+                ],
+            });
         }
     }
 }

@@ -124,8 +124,8 @@ pub async fn handle<'c>(ctx: &'c BindCtx, req: &Request<'_>) -> Handled<'c> {
             } else {
                 Vec::new()
             };
-            let state = &ctx.worker.authz[cfg.id];
-            match auth::check(state, cfg, &req.vars(&headers)).await {
+            let state = &ctx.gen.authz[cfg.id];
+            match auth::check(state, cfg, &req.vars(&headers), &ctx.worker.stats).await {
                 auth::Verdict::Allow(d, source) => {
                     out.authz = d;
                     out.authz_source = Some(source);
@@ -158,8 +158,7 @@ async fn backend(
     }
     match &route.backend {
         Some(Backend::Mcp(m)) => {
-            let (resp, log) =
-                endpoint::handle(&ctx.worker.mcp, m.id, req, identity(req, out)).await;
+            let (resp, log) = endpoint::handle(&ctx.worker.mcp, m, req, identity(req, out)).await;
             out.mcp = Some(log);
             resp
         }

@@ -218,6 +218,11 @@ impl Pool {
         self.live.load(Ordering::Acquire)
     }
 
+    /// The name this pool logs under (target and worker).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
     pub fn idle(&self) -> usize {
         self.idle.borrow().len()
     }

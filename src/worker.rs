@@ -2,13 +2,14 @@
 //! SO_REUSEPORT listener on every bind, so the kernel spreads connections and
 //! no lock is shared on the hot path. Only the compiled `Config` crosses threads.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -17,7 +18,9 @@ use tracing::{error, info, warn};
 use crate::auth::AuthzState;
 use crate::config::{Bind, Config, IoDriver};
 use crate::conn;
+use crate::lifecycle::{Control, Controls, Drain};
 use crate::mcp::{Hub, Job, McpWorker};
+use crate::stats::{Snapshot, Stats};
 
 /// Pending-connection queue per listener socket.
 const LISTEN_BACKLOG: i32 = 4096;
@@ -54,23 +57,52 @@ impl PeerAddr {
 /// State owned by one worker thread.
 pub struct Worker {
     pub id: WorkerId,
-    pub config: Arc<Config>,
     pub driver: &'static str,
     pub connections: Cell<usize>,
-    /// One per extAuthz policy, indexed by `ExtAuthz::id`.
-    pub authz: Vec<AuthzState>,
+    /// The config new connections get; replaced on reload.
+    pub generation: RefCell<Rc<Generation>>,
     pub mcp: Rc<McpWorker>,
+    pub drain: Drain,
+    deadline: Cell<Option<Instant>>,
+    pub stats: Stats,
 }
 
-/// What a connection needs: its worker and the bind it arrived on.
+/// A config and the per-worker state compiled from it. A connection keeps the
+/// generation it was accepted under, so a reload never changes the rules in
+/// the middle of a connection.
+pub struct Generation {
+    pub config: Arc<Config>,
+    /// One per extAuthz policy, indexed by `ExtAuthz::id`.
+    pub authz: Vec<AuthzState>,
+}
+
+impl Generation {
+    fn new(config: Arc<Config>) -> io::Result<Rc<Generation>> {
+        let authz = config
+            .binds
+            .iter()
+            .flat_map(|b| &b.listeners)
+            .flat_map(|l| &l.routes)
+            .filter_map(|r| r.policies.ext_authz.as_ref())
+            .map(|a| AuthzState::new(a).map_err(io::Error::other))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Rc::new(Generation { config, authz }))
+    }
+}
+
+/// What a connection needs: its worker, its generation, and its bind.
 pub struct BindCtx {
     pub worker: Rc<Worker>,
+    pub gen: Rc<Generation>,
     pub bind: usize,
 }
 
 impl BindCtx {
+    pub fn config(&self) -> &Config {
+        &self.gen.config
+    }
     pub fn bind(&self) -> &Bind {
-        &self.worker.config.binds[self.bind]
+        &self.gen.config.binds[self.bind]
     }
 }
 
@@ -147,20 +179,49 @@ pub fn resolve_driver(want: IoDriver) -> IoDriver {
 }
 
 /// Runs the workers until they all stop.
-pub fn run(config: Arc<Config>, opts: RunOptions, bound: Bound) -> io::Result<()> {
+/// Channels and counters shared by the workers and the admin threads.
+pub struct Plumbing {
+    pub shared: Shared,
+    pub controls: Arc<Controls>,
+    inboxes: Vec<flume::Receiver<Job>>,
+    control_rxs: Vec<flume::Receiver<Control>>,
+}
+
+impl Plumbing {
+    pub fn new(workers: usize) -> Plumbing {
+        let (hub, inboxes) = Hub::new(workers);
+        let (controls, control_rxs) = Controls::new(workers);
+        Plumbing {
+            shared: Shared {
+                hub,
+                live_children: Arc::new(AtomicUsize::new(0)),
+            },
+            controls,
+            inboxes,
+            control_rxs,
+        }
+    }
+}
+
+/// Runs the workers until they all stop (after a drain).
+pub fn run(
+    config: Arc<Config>,
+    opts: RunOptions,
+    bound: Bound,
+    plumbing: Plumbing,
+) -> io::Result<()> {
     let driver = resolve_driver(opts.driver);
-    let (hub, inboxes) = Hub::new(bound.sockets.len());
-    let shared = Shared {
-        hub,
-        live_children: Arc::new(AtomicUsize::new(0)),
-    };
     let mut handles = Vec::new();
-    for ((i, sockets), inbox) in bound.sockets.into_iter().enumerate().zip(inboxes) {
+    let channels = plumbing.inboxes.into_iter().zip(plumbing.control_rxs);
+    for ((i, sockets), (inbox, control)) in bound.sockets.into_iter().enumerate().zip(channels) {
         let config = config.clone();
-        let shared = shared.clone();
+        let shared = plumbing.shared.clone();
         let h = thread::Builder::new()
             .name(format!("ringgate-w{i}"))
-            .spawn(move || run_worker(WorkerId(i), config, driver, sockets, shared, inbox))?;
+            .spawn(move || {
+                let chans = Channels { inbox, control };
+                run_worker(WorkerId(i), config, driver, sockets, shared, chans)
+            })?;
         handles.push(h);
     }
     for h in handles {
@@ -180,18 +241,24 @@ pub struct Shared {
     pub live_children: Arc<AtomicUsize>,
 }
 
+/// A worker's receiving ends.
+struct Channels {
+    inbox: flume::Receiver<Job>,
+    control: flume::Receiver<Control>,
+}
+
 fn run_worker(
     id: WorkerId,
     config: Arc<Config>,
     driver: IoDriver,
     sockets: Vec<std::net::TcpListener>,
     shared: Shared,
-    inbox: flume::Receiver<Job>,
+    chans: Channels,
 ) -> io::Result<()> {
     if driver == IoDriver::IoUring {
         match build_uring() {
             Ok(mut rt) => {
-                return rt.block_on(worker_main(id, config, "io_uring", sockets, shared, inbox));
+                return rt.block_on(worker_main(id, config, "io_uring", sockets, shared, chans));
             }
             Err(e) => {
                 warn!(worker = id.0, error = %e, "io_uring runtime failed; falling back to epoll")
@@ -201,7 +268,7 @@ fn run_worker(
     let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
         .build()?;
-    rt.block_on(worker_main(id, config, "epoll", sockets, shared, inbox))
+    rt.block_on(worker_main(id, config, "epoll", sockets, shared, chans))
 }
 
 fn build_uring() -> io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
@@ -228,62 +295,117 @@ async fn worker_main(
     driver: &'static str,
     sockets: Vec<std::net::TcpListener>,
     shared: Shared,
-    inbox: flume::Receiver<Job>,
+    chans: Channels,
 ) -> io::Result<()> {
-    let authz = config
-        .binds
-        .iter()
-        .flat_map(|b| &b.listeners)
-        .flat_map(|l| &l.routes)
-        .filter_map(|r| r.policies.ext_authz.as_ref())
-        .map(|a| AuthzState::new(a).map_err(io::Error::other))
-        .collect::<io::Result<Vec<_>>>()?;
+    let gen = Generation::new(config.clone())?;
     let mcp = McpWorker::new(id.0, &config, shared.hub, shared.live_children);
-    mcp.start(inbox);
+    mcp.start(chans.inbox);
     let worker = Rc::new(Worker {
         id,
-        config,
         driver,
         connections: Cell::new(0),
-        authz,
+        generation: RefCell::new(gen),
         mcp,
+        drain: Drain::default(),
+        deadline: Cell::new(None),
+        stats: Stats::default(),
     });
-    let mut accepts = Vec::new();
+    monoio::spawn(control_loop(worker.clone(), chans.control));
+    let mut listeners = Vec::new();
+    for s in sockets {
+        listeners.push(Rc::new(TcpListener::from_std(s)?));
+    }
     info!(worker = id.0, driver, "worker started");
-    for (bind, s) in sockets.into_iter().enumerate() {
-        let listener = TcpListener::from_std(s)?;
-        let ctx = Rc::new(BindCtx {
-            worker: worker.clone(),
-            bind,
-        });
-        accepts.push(monoio::spawn(accept_loop(listener, ctx)));
+    for (bind, l) in listeners.iter().enumerate() {
+        monoio::spawn(accept_loop(l.clone(), bind, worker.clone()));
     }
-    for a in accepts {
-        a.await;
+
+    // Serve until told to drain; then finish what is in flight, up to the
+    // deadline, and stop every child.
+    worker.drain.wait().await;
+    drop(listeners);
+    let deadline = worker.drain_deadline();
+    worker.mcp.close_get_streams();
+    while worker.connections.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
     }
+    let left = worker.connections.get();
+    worker.mcp.shutdown().await;
+    info!(worker = id.0, connections_cut = left, "worker drained");
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Rc<BindCtx>) {
-    let max = ctx.worker.config.limits.max_connections_per_worker;
+async fn control_loop(worker: Rc<Worker>, control: flume::Receiver<Control>) {
+    while let Ok(msg) = control.recv_async().await {
+        match msg {
+            Control::Drain { deadline } => {
+                worker.deadline.set(Some(deadline));
+                worker.drain.start();
+            }
+            Control::Reload(config) => match Generation::new(config.clone()) {
+                Ok(gen) => {
+                    worker.mcp.reload(&config);
+                    *worker.generation.borrow_mut() = gen;
+                }
+                Err(e) => error!(worker = worker.id.0, error = %e, "reload failed on this worker"),
+            },
+            Control::Scrape(reply) => {
+                let _ = reply.send(worker.snapshot());
+            }
+        }
+    }
+}
+
+impl Worker {
+    fn snapshot(&self) -> Snapshot {
+        let mut s = self.stats.snapshot(self.id.0);
+        s.connections = self.connections.get() as u64;
+        s.cache_entries = self
+            .generation
+            .borrow()
+            .authz
+            .iter()
+            .map(|a| a.cache_len() as u64)
+            .sum();
+        self.mcp.fill_snapshot(&mut s);
+        s.draining = self.drain.is_on();
+        s
+    }
+
+    fn drain_deadline(&self) -> Instant {
+        self.deadline.get().unwrap_or_else(Instant::now)
+    }
+}
+
+async fn accept_loop(listener: Rc<TcpListener>, bind: usize, worker: Rc<Worker>) {
     loop {
-        let (stream, addr) = match listener.accept().await {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = worker.drain.wait() => return,
+        };
+        let (stream, addr) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 error!(error = %e, "accept failed");
-                monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+                monoio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        if ctx.worker.connections.get() >= max {
+        let gen = worker.generation.borrow().clone();
+        if worker.connections.get() >= gen.config.limits.max_connections_per_worker {
             monoio::spawn(conn::overloaded(stream));
             continue;
         }
         let _ = stream.set_nodelay(true);
         // Counted before the task runs, so a burst of accepts sees the limit.
-        let guard = ConnGuard::new(ctx.worker.clone());
-        monoio::spawn(conn::serve(stream, PeerAddr::new(addr), ctx.clone(), guard));
+        let guard = ConnGuard::new(worker.clone());
+        let ctx = Rc::new(BindCtx {
+            worker: worker.clone(),
+            gen,
+            bind,
+        });
+        monoio::spawn(conn::serve(stream, PeerAddr::new(addr), ctx, guard));
     }
 }
 

@@ -566,6 +566,31 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// The answer parser as a pure function of the bytes, for fuzzing and tests:
+/// `pieces` arrive in order (as separate reads), then the peer closes unless
+/// the answer was complete before. Returns the answer and whether its
+/// connection could be pooled. The same bytes in any pieces give the same
+/// answer; only reuse can differ, since a read that ends exactly with the
+/// answer cannot see bytes that come after it.
+pub fn parse_answer<'a>(
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+    max_head_bytes: usize,
+    max_body_bytes: usize,
+    head_only: bool,
+) -> Result<(CheckResponse, bool), ClientError> {
+    let mut p = AnswerParser::new(max_head_bytes, max_body_bytes, head_only);
+    for piece in pieces {
+        if let Progress::Done { reusable } = p.feed(piece)? {
+            return Ok((p.into_response(), reusable));
+        }
+    }
+    match p.finish_eof() {
+        Ok(()) => Ok((p.into_response(), false)),
+        Err(Failure::Fatal(e)) => Err(e),
+        Err(Failure::Stale) => Err(ClientError::Closed),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Progress {
     NeedMore,
@@ -860,18 +885,8 @@ mod tests {
     /// Feeds the pieces in order, then EOF if the parser still wants bytes;
     /// the bool is whether the connection could be reused.
     fn run(pieces: &[&[u8]]) -> Outcome {
-        let mut p = AnswerParser::new(MAX_HEAD, MAX_BODY, false);
-        for piece in pieces {
-            match p.feed(piece).map_err(|e| e.kind().to_string())? {
-                Progress::NeedMore => {}
-                Progress::Done { reusable } => return Ok((p.into_response(), reusable)),
-            }
-        }
-        match p.finish_eof() {
-            Ok(()) => Ok((p.into_response(), false)),
-            Err(Failure::Fatal(e)) => Err(e.kind().to_string()),
-            Err(Failure::Stale) => unreachable!(),
-        }
+        parse_answer(pieces.iter().copied(), MAX_HEAD, MAX_BODY, false)
+            .map_err(|e| e.kind().to_string())
     }
 
     fn assert_split_invariant(input: &[u8]) -> Outcome {

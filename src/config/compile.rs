@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use serde_yaml_ng::Value;
 
@@ -17,6 +18,9 @@ pub fn compile(doc: &Value) -> Result<Config, ConfigErrors> {
         limits: Limits::default(),
         access_log: AccessLog::default(),
         mcp: McpSettings::default(),
+        stats_addr: DEFAULT_STATS_ADDR.parse().ok(),
+        readiness_addr: DEFAULT_READINESS_ADDR.parse().ok(),
+        drain_timeout: Duration::from_millis(DEFAULT_DRAIN_TIMEOUT_MS),
         binds: Vec::new(),
     };
     if doc.is_null() {
@@ -98,6 +102,32 @@ fn settings(node: Node, cfg: &mut Config, errs: &mut ConfigErrors) {
     }
     if let Some((v, p)) = m.get("mcp") {
         mcp_settings(Node::new(v, &p), &mut cfg.mcp, errs);
+    }
+    if let Some((v, p)) = m.get("statsAddr") {
+        cfg.stats_addr = socket_addr(Node::new(v, &p), errs);
+    }
+    if let Some((v, p)) = m.get("readinessAddr") {
+        cfg.readiness_addr = socket_addr(Node::new(v, &p), errs);
+    }
+    if let Some((v, p)) = m.get("drainTimeout") {
+        if let Some(d) = Node::new(v, &p).duration(errs) {
+            cfg.drain_timeout = d;
+        }
+    }
+}
+
+/// `IP:port`, `[v6]:port`, or `off`.
+pub(super) fn socket_addr(node: Node, errs: &mut ConfigErrors) -> Option<std::net::SocketAddr> {
+    let s = node.str(errs)?;
+    if s == "off" {
+        return None;
+    }
+    match s.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.push(node.path, format!("{s:?} is not IP:port (or off)"));
+            None
+        }
     }
 }
 
@@ -414,7 +444,6 @@ fn mcp_backend(node: Node, errs: &mut ConfigErrors) -> Option<Backend> {
         .map(|(v, p)| string_map(Node::new(v, &p), errs))
         .unwrap_or_default();
     Some(Backend::Mcp(McpBackend {
-        id: 0,
         target,
         cmd: cmd?,
         args,
@@ -422,11 +451,10 @@ fn mcp_backend(node: Node, errs: &mut ConfigErrors) -> Option<Backend> {
     }))
 }
 
-/// Gives each extAuthz policy and each MCP backend its index, which workers
-/// use to find their per-policy state.
+/// Gives each extAuthz policy its index, which workers use to find their
+/// per-policy client and cache.
 fn number_policies(cfg: &mut Config) {
     let mut authz = 0;
-    let mut mcp = 0;
     for r in cfg
         .binds
         .iter_mut()
@@ -436,10 +464,6 @@ fn number_policies(cfg: &mut Config) {
         if let Some(a) = r.policies.ext_authz.as_mut() {
             a.id = authz;
             authz += 1;
-        }
-        if let Some(Backend::Mcp(m)) = r.backend.as_mut() {
-            m.id = mcp;
-            mcp += 1;
         }
     }
 }

@@ -9,7 +9,7 @@
 use std::ops::Range;
 
 use crate::config::{Limits, MAX_HEADERS_CAP};
-use crate::http::chunked::is_tchar;
+use crate::http::chunked::{is_tchar, ChunkedDecoder};
 use crate::http::HttpError;
 
 /// How the request body is delimited.
@@ -341,6 +341,83 @@ fn framing(buf: &[u8], limits: &Limits, head: &mut Head) -> Result<(), HttpError
     };
     head.keep_alive = !close && (head.minor_version == 1 || keep_alive);
     Ok(())
+}
+
+/// One whole request as the connection loop frames it: the head, then the
+/// body by `Content-Length` or through a [`ChunkedDecoder`]. Sans-I/O, so
+/// fuzz targets and tests see exactly the framing decisions `conn.rs` makes
+/// without a socket.
+///
+/// [`RequestReader::poll`] is called with every byte of the request received
+/// so far (from its first byte, the same buffer each time, growing) and
+/// resumes where it stopped, so feeding a request in pieces costs no more
+/// than feeding it whole, and gives the same answer.
+#[derive(Debug, Default)]
+pub struct RequestReader {
+    parser: HeadParser,
+    head: Head,
+    head_done: bool,
+    chunked: Option<ChunkedDecoder>,
+    /// Raw chunked-body bytes the decoder has consumed.
+    chunked_used: usize,
+    /// The decoded payload of a chunked body.
+    payload: Vec<u8>,
+    consumed: Option<usize>,
+}
+
+impl RequestReader {
+    /// `Ok(None)`: need more bytes. `Ok(Some(n))`: the request is complete
+    /// and is the first `n` bytes of `buf` (a pipelined next request starts
+    /// at `n`). `Err`: answer with that status and close.
+    pub fn poll(&mut self, buf: &[u8], limits: &Limits) -> Result<Option<usize>, HttpError> {
+        if let Some(n) = self.consumed {
+            return Ok(Some(n));
+        }
+        if !self.head_done {
+            if !self.parser.poll(buf, limits, &mut self.head)? {
+                return Ok(None);
+            }
+            self.head_done = true;
+        }
+        let consumed = match self.head.body {
+            BodyKind::Empty => self.head.len,
+            BodyKind::Length(n) => {
+                // `framing` bounded `n` by `max_body_bytes`.
+                let end = self.head.len + n as usize;
+                if buf.len() < end {
+                    return Ok(None);
+                }
+                end
+            }
+            BodyKind::Chunked => {
+                let dec = self.chunked.get_or_insert_with(|| {
+                    ChunkedDecoder::new(limits.max_body_bytes, limits.max_head_bytes)
+                });
+                let from = self.head.len + self.chunked_used;
+                self.chunked_used += dec.decode(&buf[from..], &mut self.payload)?;
+                if !dec.is_done() {
+                    return Ok(None);
+                }
+                self.head.len + self.chunked_used
+            }
+        };
+        self.consumed = Some(consumed);
+        Ok(Some(consumed))
+    }
+
+    /// The parsed head, once [`poll`](Self::poll) got past it.
+    pub fn head(&self) -> Option<&Head> {
+        self.head_done.then_some(&self.head)
+    }
+
+    /// The body of a complete request; `buf` is the buffer given to `poll`.
+    pub fn body<'b>(&'b self, buf: &'b [u8]) -> &'b [u8] {
+        match (self.consumed, self.head.body) {
+            (Some(end), BodyKind::Length(_)) => &buf[self.head.len..end],
+            (Some(_), BodyKind::Chunked) => &self.payload,
+            _ => &[],
+        }
+    }
 }
 
 /// `1*DIGIT`, no sign, no list, no overflow.

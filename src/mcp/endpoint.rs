@@ -11,6 +11,7 @@
 
 use std::rc::Rc;
 
+use crate::config::McpBackend;
 use crate::http::response::{Body, Response};
 use crate::mcp::jsonrpc::{self, Kind};
 use crate::mcp::{Job, McpWorker, Op, Reply};
@@ -28,28 +29,29 @@ pub const NOT_ACCEPTABLE: &str = "Not Acceptable: Client must accept text/event-
 
 pub async fn handle(
     mcp: &Rc<McpWorker>,
-    backend: usize,
+    backend: &McpBackend,
     req: &Request<'_>,
     identity: String,
 ) -> (Response, McpLog) {
+    let backend = backend.key();
     let mut log = McpLog {
         session: session_header(req),
         ..McpLog::default()
     };
     let resp = match req.method() {
-        "POST" => post(mcp, backend, req, identity, &mut log).await,
+        "POST" => post(mcp, &backend, req, identity, &mut log).await,
         "GET" => {
             if !accepts_sse(req) {
                 return (Response::text(406, NOT_ACCEPTABLE), log);
             }
             match &log.session {
                 None => Response::text(400, "Bad Request: Mcp-Session-Id header is required"),
-                Some(s) => to_owner(mcp, job(req, s, identity, backend, Op::Get)).await,
+                Some(s) => to_owner(mcp, job(req, s, identity, &backend, Op::Get)).await,
             }
         }
         "DELETE" => match &log.session {
             None => Response::text(400, "Bad Request: Mcp-Session-Id header is required"),
-            Some(s) => to_owner(mcp, job(req, s, identity, backend, Op::Delete)).await,
+            Some(s) => to_owner(mcp, job(req, s, identity, &backend, Op::Delete)).await,
         },
         _ => Response::text(405, "Method Not Allowed").header("allow", "GET, POST, DELETE"),
     };
@@ -58,7 +60,7 @@ pub async fn handle(
 
 async fn post(
     mcp: &Rc<McpWorker>,
-    backend: usize,
+    backend: &str,
     req: &Request<'_>,
     identity: String,
     log: &mut McpLog,
@@ -90,7 +92,10 @@ async fn post(
     let initialize = messages.iter().any(|m| m.method() == Some("initialize"));
     match &log.session {
         None if initialize && !batch && messages[0].is_request() => {
-            match mcp.initialize(backend, identity, &messages).await {
+            match mcp
+                .initialize(backend.to_string(), identity, &messages)
+                .await
+            {
                 Ok((id, rx)) => {
                     log.session = Some(id.clone());
                     sse(rx).header("mcp-session-id", id)
@@ -114,7 +119,7 @@ fn job(
     req: &Request,
     session: &str,
     identity: String,
-    backend: usize,
+    backend: &str,
     op: Op,
 ) -> (Job, flume::Receiver<Reply>) {
     let (tx, rx) = flume::bounded(1);
@@ -125,7 +130,7 @@ fn job(
         Job {
             session: session.to_string(),
             identity,
-            backend,
+            backend: backend.to_string(),
             version_header,
             op,
             reply: tx,

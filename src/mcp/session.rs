@@ -52,7 +52,8 @@ pub struct Session {
     pub id: Rc<str>,
     /// Who created it; anyone else presenting the id gets 404.
     pub identity: String,
-    pub backend: usize,
+    /// `McpBackend::key` of the target it runs.
+    pub backend: String,
     writer: ChildWriter,
     handle: ChildHandle,
     state: RefCell<State>,
@@ -73,7 +74,7 @@ impl Session {
     pub fn new(
         id: Rc<str>,
         identity: String,
-        backend: usize,
+        backend: String,
         writer: ChildWriter,
         handle: ChildHandle,
         max_backlog: usize,
@@ -185,6 +186,11 @@ impl Session {
         }
         st.get = Some(tx);
         Some(rx)
+    }
+
+    /// Ends the GET stream, if one is open (drain).
+    pub fn close_get(&self) {
+        self.state.borrow_mut().get = None;
     }
 
     pub fn touch(&self) {

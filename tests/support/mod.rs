@@ -17,6 +17,10 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct Proxy {
     child: Child,
     pub addrs: Vec<SocketAddr>,
+    /// The metrics and readiness listeners (ephemeral ports in tests).
+    pub stats: Option<SocketAddr>,
+    pub readiness: Option<SocketAddr>,
+    config_path: std::path::PathBuf,
     logs: Arc<(Mutex<Vec<String>>, Condvar)>,
     _dir: tempfile::TempDir,
 }
@@ -27,9 +31,17 @@ impl Proxy {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.yaml");
         std::fs::write(&path, yaml).unwrap();
+        // Ephemeral admin ports, so parallel tests never collide on the defaults.
+        let mut admin = Vec::new();
+        for flag in ["--stats-addr", "--readiness-addr"] {
+            if !args.contains(&flag) {
+                admin.extend([flag, "127.0.0.1:0"]);
+            }
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringgate"))
             .arg("-f")
             .arg(&path)
+            .args(&admin)
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -53,6 +65,9 @@ impl Proxy {
         let mut p = Proxy {
             child,
             addrs: Vec::new(),
+            stats: None,
+            readiness: None,
+            config_path: path,
             logs,
             _dir: dir,
         };
@@ -71,7 +86,45 @@ impl Proxy {
             .unwrap_or(1);
         p.wait_log_nth(workers - 1, |l| l.contains("worker started"))
             .expect("workers started");
+        let admin_addr = |p: &Proxy, what: &str| {
+            p.logs()
+                .iter()
+                .find(|l| l.contains(&format!("{what} listening")))
+                .and_then(|l| field(l, "addr"))
+                .and_then(|a| a.parse().ok())
+        };
+        p.stats = admin_addr(&p, "stats");
+        p.readiness = admin_addr(&p, "readiness");
         p
+    }
+
+    /// Sends a signal to the proxy process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill only sends a signal to the child this harness started.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits (bounded) for the proxy to exit; its status, or `None`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Rewrites the config file (for reload tests).
+    pub fn rewrite_config(&self, yaml: &str) {
+        std::fs::write(&self.config_path, yaml).unwrap();
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -200,6 +253,14 @@ impl Resp {
         r.headers.retain(|(n, _)| n != "date");
         r
     }
+}
+
+/// A GET on an admin listener: (status, body).
+pub fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = connect(addr);
+    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").unwrap();
+    let r = read_response(&mut BufReader::new(s)).expect("admin answer");
+    (r.status, r.text())
 }
 
 /// Reads one response (Content-Length framed, as ringgate always answers);

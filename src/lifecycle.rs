@@ -1,0 +1,193 @@
+//! Process lifecycle: signals, draining, reload, and the messages the signal
+//! and admin threads send to workers.
+//!
+//! - SIGTERM / SIGINT: every worker drains (stops accepting, finishes what is
+//!   in flight up to `config.drainTimeout`, stops its children) and the
+//!   process exits 0. A second one exits at once.
+//! - SIGHUP: the config file is loaded and compiled on the signal thread, off
+//!   the hot path; a valid one is handed to every worker for new connections,
+//!   an invalid one is logged, error by error, and the old one stays.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::stats::Snapshot;
+
+/// A message for one worker.
+pub enum Control {
+    Drain { deadline: Instant },
+    Reload(Arc<Config>),
+    Scrape(flume::Sender<Snapshot>),
+}
+
+/// The workers' control channels, and the process-wide draining flag.
+pub struct Controls {
+    pub workers: Vec<flume::Sender<Control>>,
+    pub draining: AtomicBool,
+}
+
+impl Controls {
+    pub fn new(n: usize) -> (Arc<Controls>, Vec<flume::Receiver<Control>>) {
+        let (txs, rxs) = (0..n).map(|_| flume::unbounded()).unzip();
+        (
+            Arc::new(Controls {
+                workers: txs,
+                draining: AtomicBool::new(false),
+            }),
+            rxs,
+        )
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    fn broadcast(&self, make: impl Fn() -> Control) {
+        for w in &self.workers {
+            let _ = w.send(make());
+        }
+    }
+
+    /// Snapshots of every worker's counters; a worker that does not answer
+    /// within a second is left out rather than stalling the scrape.
+    pub fn scrape(&self) -> Vec<Snapshot> {
+        let (tx, rx) = flume::unbounded();
+        for w in &self.workers {
+            let _ = w.send(Control::Scrape(tx.clone()));
+        }
+        drop(tx);
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        let mut out = Vec::new();
+        while out.len() < self.workers.len() {
+            match rx.recv_deadline(deadline) {
+                Ok(s) => out.push(s),
+                Err(_) => break,
+            }
+        }
+        out.sort_by_key(|s| s.worker);
+        out
+    }
+}
+
+/// Runs the signal thread until the process ends.
+pub fn spawn_signal_thread(
+    controls: Arc<Controls>,
+    config_path: PathBuf,
+    current: Arc<Config>,
+) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("ringgate-signals".into())
+        .spawn(move || {
+            let mut current = current;
+            for sig in signals.forever() {
+                match sig {
+                    SIGHUP => {
+                        if let Some(new) = reload(&config_path, &current) {
+                            current = new.clone();
+                            controls.broadcast(|| Control::Reload(new.clone()));
+                        }
+                    }
+                    _ if controls.is_draining() => {
+                        warn!("second signal: exiting now");
+                        std::process::exit(1);
+                    }
+                    _ => {
+                        let deadline = Instant::now() + current.drain_timeout;
+                        info!(
+                            timeout_ms = current.drain_timeout.as_millis() as u64,
+                            "draining: no new connections; finishing in-flight requests"
+                        );
+                        controls.draining.store(true, Ordering::Relaxed);
+                        controls.broadcast(|| Control::Drain { deadline });
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Loads and compiles the config again; `None` keeps the running one.
+fn reload(path: &Path, current: &Config) -> Option<Arc<Config>> {
+    let new = match Config::from_file(path) {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in &errs.0 {
+                error!(problem = %e, "reload refused: the config has problems; keeping the running one");
+            }
+            return None;
+        }
+    };
+    let same_binds = new.binds.len() == current.binds.len()
+        && new
+            .binds
+            .iter()
+            .zip(&current.binds)
+            .all(|(a, b)| a.port == b.port && a.address == b.address);
+    if !same_binds {
+        error!("reload refused: binds (ports, addresses) changed; restart to apply them");
+        return None;
+    }
+    crate::logging::set_level(new.logging.level.as_deref());
+    info!(routes = route_count(&new), "config reloaded");
+    Some(Arc::new(new))
+}
+
+fn route_count(c: &Config) -> usize {
+    c.binds
+        .iter()
+        .flat_map(|b| &b.listeners)
+        .map(|l| l.routes.len())
+        .sum()
+}
+
+/// A worker's draining flag, awaitable.
+#[derive(Default)]
+pub struct Drain {
+    on: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Drain {
+    pub fn start(&self) {
+        self.on.set(true);
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.on.get()
+    }
+
+    /// Resolves once draining has started.
+    pub fn wait(&self) -> DrainWait<'_> {
+        DrainWait(self)
+    }
+}
+
+pub struct DrainWait<'a>(&'a Drain);
+
+impl Future for DrainWait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.on.get() {
+            return Poll::Ready(());
+        }
+        let mut w = self.0.waiters.borrow_mut();
+        if !w.iter().any(|x| x.will_wake(cx.waker())) {
+            w.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
