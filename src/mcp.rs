@@ -437,6 +437,11 @@ impl McpWorker {
         }
     }
 
+    /// Requests of this worker's sessions waiting for their child's answer.
+    pub fn in_flight(&self) -> usize {
+        self.sessions.borrow().values().map(|s| s.in_flight()).sum()
+    }
+
     /// Ends every GET stream (drain: those never finish by themselves).
     pub fn close_get_streams(&self) {
         for s in self.sessions.borrow().values() {

@@ -326,7 +326,10 @@ async fn worker_main(
     drop(listeners);
     let deadline = worker.drain_deadline();
     worker.mcp.close_get_streams();
-    while worker.connections.get() > 0 && Instant::now() < deadline {
+    // Requests in flight here include those of this worker's sessions that
+    // arrived on another worker's connection.
+    let busy = || worker.connections.get() > 0 || worker.mcp.in_flight() > 0;
+    while busy() && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
     let left = worker.connections.get();

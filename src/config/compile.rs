@@ -63,10 +63,17 @@ pub fn compile(doc: &Value) -> Result<Config, ConfigErrors> {
 }
 
 fn settings(node: Node, cfg: &mut Config, errs: &mut ConfigErrors) {
-    let Some(m) = node.map(
-        errs,
-        &["workerThreads", "ioDriver", "logging", "http", "mcp"],
-    ) else {
+    let keys = [
+        "workerThreads",
+        "ioDriver",
+        "logging",
+        "http",
+        "mcp",
+        "statsAddr",
+        "readinessAddr",
+        "drainTimeout",
+    ];
+    let Some(m) = node.map(errs, &keys) else {
         return;
     };
     if let Some((v, p)) = m.get("workerThreads") {

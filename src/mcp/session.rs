@@ -188,6 +188,10 @@ impl Session {
         Some(rx)
     }
 
+    pub fn in_flight(&self) -> usize {
+        self.state.borrow().pending.len()
+    }
+
     /// Ends the GET stream, if one is open (drain).
     pub fn close_get(&self) {
         self.state.borrow_mut().get = None;
