@@ -65,8 +65,9 @@ fn python_client_with(url: &str, src: &str, scenario: &str, extra: &[&str]) -> V
     })
 }
 
-#[test]
-fn python_sdk_through_ringgate_to_server_everything() {
+/// The fake tailscaled knowing alice at 127.0.0.2, ringgate on the seed
+/// config with two workers, and the MCP URL.
+fn start_alice() -> (FakeTailscaled, Proxy, String) {
     let fake = FakeTailscaled::builder()
         .user(
             "127.0.0.2",
@@ -76,6 +77,12 @@ fn python_sdk_through_ringgate_to_server_everything() {
         .start();
     let p = Proxy::start(&seed_config(&fake, 2), &[]);
     let url = format!("http://{}/mcp", p.addr());
+    (fake, p, url)
+}
+
+#[test]
+fn python_sdk_through_ringgate_to_server_everything() {
+    let (_fake, p, url) = start_alice();
     let v = python_client(&url, "127.0.0.2", "full");
     assert_eq!(v["ok"], true, "{v:#}");
     let tools: Vec<&str> = v["tools"]
@@ -133,15 +140,7 @@ fn python_sdk_through_ringgate_to_server_everything() {
 
 #[test]
 fn server_requests_reach_the_client_and_its_answers_reach_the_child() {
-    let fake = FakeTailscaled::builder()
-        .user(
-            "127.0.0.2",
-            "alice-laptop.tail1234.ts.net.",
-            "alice@example.com",
-        )
-        .start();
-    let p = Proxy::start(&seed_config(&fake, 2), &[]);
-    let url = format!("http://{}/mcp", p.addr());
+    let (_fake, p, url) = start_alice();
     // server-everything asks clients that declare roots for them (roots/list
     // on the GET stream); the answer is a POST that must reach the child,
     // which then logs "Roots updated" to the client.
