@@ -140,7 +140,7 @@ fn python_sdk_through_ringgate_to_server_everything() {
 
 #[test]
 fn server_requests_reach_the_client_and_its_answers_reach_the_child() {
-    let (_fake, p, url) = start_alice();
+    let (_fake, _proxy, url) = start_alice();
     // server-everything asks clients that declare roots for them (roots/list
     // on the GET stream); the answer is a POST that must reach the child,
     // which then logs "Roots updated" to the client.

@@ -707,7 +707,13 @@ impl AnswerParser {
     /// returns how many bytes of `input` it used.
     fn take_head(&mut self, input: &[u8]) -> Result<Option<usize>, ClientError> {
         let budget = self.max_head.saturating_sub(self.head_total);
-        let Some(used) = find_head_end(&self.head, input)? else {
+        // Look no further than one byte past the budget: a read that ended
+        // there would be refused as too large, so the same bytes arriving in
+        // one read must be too, whatever a later bare LF would say.
+        let room = (budget + 1)
+            .saturating_sub(self.head.len())
+            .min(input.len());
+        let Some(used) = find_head_end(&self.head, &input[..room])? else {
             if self.head.len() + input.len() > budget {
                 return Err(ClientError::TooLarge("head"));
             }
@@ -1005,6 +1011,23 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    /// Found by `fuzz/whois_answer`: a bare LF past the head limit was
+    /// reported as malformed when it came in the same read, and as too large
+    /// when the read ended before it.
+    #[test]
+    fn head_limit_does_not_depend_on_read_boundaries() {
+        let input = format!("HTTP/1.1 200 OK\r\nX: {}\n\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(
+            assert_split_invariant(input.as_bytes()),
+            Err("too_large".into())
+        );
+        let bare_lf_within = format!("HTTP/1.1 200 OK\r\nX: a\n{}", "a".repeat(MAX_HEAD));
+        assert_eq!(
+            assert_split_invariant(bare_lf_within.as_bytes()),
+            Err("malformed".into())
+        );
     }
 
     #[test]

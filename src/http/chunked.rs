@@ -137,8 +137,10 @@ impl ChunkedDecoder {
                         other => other?,
                     };
                     pos += used;
-                    self.trailer_len += used;
                     if line_done {
+                        // Counted once the line is whole: the budget above
+                        // already charges the part of it buffered in `line`.
+                        self.trailer_len += self.line.len();
                         if self.line.len() == 2 {
                             self.state = State::Done;
                         } else {
@@ -213,18 +215,21 @@ fn check_extensions(mut rest: &[u8]) -> Result<(), ChunkError> {
         (n > 0).then(|| (&s[..n], &s[n..]))
     }
     loop {
-        rest = skip_ws(rest);
         if rest.is_empty() {
             return Ok(());
         }
-        if rest[0] != b';' {
+        // Whitespace is BWS around ";" and "=", never at the end of the
+        // line: "5 \r\n" is not a chunk-size line.
+        rest = skip_ws(rest);
+        if rest.first() != Some(&b';') {
             return Err(ChunkError::BadSize);
         }
         rest = skip_ws(&rest[1..]);
         let (_, after) = take_token(rest).ok_or(ChunkError::BadSize)?;
-        rest = skip_ws(after);
-        if rest.first() == Some(&b'=') {
-            rest = skip_ws(&rest[1..]);
+        rest = after;
+        let before_eq = skip_ws(rest);
+        if before_eq.first() == Some(&b'=') {
+            rest = skip_ws(&before_eq[1..]);
             if rest.first() == Some(&b'"') {
                 rest = skip_quoted(&rest[1..]).ok_or(ChunkError::BadSize)?;
             } else {
@@ -320,6 +325,11 @@ mod tests {
             (b"1\rx", ChunkError::BadLine),
             (b"11111111111111111\r\n", ChunkError::BadSize),
             (b"1;\r\n", ChunkError::BadSize),
+            // Whitespace only as BWS before ";" or "=" (RFC 9112 section 7.1.1).
+            (b"1 \r\n", ChunkError::BadSize),
+            (b"1\t\r\n", ChunkError::BadSize),
+            (b"1;a \r\n", ChunkError::BadSize),
+            (b"1;a=b \r\n", ChunkError::BadSize),
             (b"1;a=\"x\r\n", ChunkError::BadSize),
             (
                 b"1 ; a\r\nA\r\n0\r\nbad trailer\r\n\r\n",
@@ -348,6 +358,37 @@ mod tests {
         let mut d = ChunkedDecoder::new(16, 8);
         let r = d.decode(b"0\r\nX-Long: 123456789\r\n\r\n", &mut Vec::new());
         assert_eq!(r.unwrap_err(), ChunkError::TrailersTooLarge);
+    }
+
+    /// Found by `fuzz/chunked`: a trailer line split across two reads was
+    /// charged twice against the trailer limit, so it was refused only when
+    /// it arrived in pieces.
+    #[test]
+    fn trailer_limit_does_not_depend_on_read_boundaries() {
+        let input = b"1\r\nA\r\n0\r\nX-T: 12345\r\nY: 12345\r\n\r\n";
+        let whole = {
+            let mut d = ChunkedDecoder::new(16, 20);
+            let mut out = Vec::new();
+            d.decode(input, &mut out).map(|n| (n, d.is_done()))
+        };
+        assert_eq!(whole, Ok((input.len(), true)));
+        for cut in 0..=input.len() {
+            let mut d = ChunkedDecoder::new(16, 20);
+            let mut out = Vec::new();
+            let a = d.decode(&input[..cut], &mut out);
+            let b = d.decode(&input[cut..], &mut out);
+            assert_eq!(a.and(b).map(|_| d.is_done()), Ok(true), "cut at {cut}");
+        }
+        // One byte more is over the limit, however it arrives.
+        let over = b"0\r\nX-T: 12345\r\nY: 123456\r\n\r\n";
+        for cut in 0..=over.len() {
+            let mut d = ChunkedDecoder::new(16, 20);
+            let mut out = Vec::new();
+            let r = d
+                .decode(&over[..cut], &mut out)
+                .and_then(|_| d.decode(&over[cut..], &mut out));
+            assert_eq!(r, Err(ChunkError::TrailersTooLarge), "cut at {cut}");
+        }
     }
 
     #[test]

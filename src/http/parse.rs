@@ -97,21 +97,10 @@ impl HeadParser {
                 _ => break,
             }
         }
-        let max_uri = limits.max_uri_bytes.min(limits.max_head_bytes);
-        let end = match self.scan(buf, max_uri)? {
+        let end = match self.scan(buf, limits)? {
             Some(end) => end,
             None => {
-                let pending = buf.len() - self.start;
-                match self.first_line_end {
-                    // Still in the request line: its target is what grows.
-                    None if pending > max_uri + MAX_REQUEST_LINE_OVERHEAD => {
-                        return Err(HttpError::URI_TOO_LONG)
-                    }
-                    Some(_) if pending > limits.max_head_bytes => {
-                        return Err(HttpError::HEAD_TOO_LARGE)
-                    }
-                    _ => {}
-                }
+                self.check_pending(buf.len(), limits)?;
                 return Ok(false);
             }
         };
@@ -122,18 +111,38 @@ impl HeadParser {
         Ok(true)
     }
 
+    /// Refuses a head that grew too long before `end` without being complete:
+    /// a request line longer than any allowed target needs, or a header
+    /// section over the limit.
+    fn check_pending(&self, end: usize, limits: &Limits) -> Result<(), HttpError> {
+        let pending = end - self.start;
+        let max_uri = limits.max_uri_bytes.min(limits.max_head_bytes);
+        match self.first_line_end {
+            // Still in the request line: its target is what grows.
+            None if pending > max_uri + MAX_REQUEST_LINE_OVERHEAD => Err(HttpError::URI_TOO_LONG),
+            Some(_) if pending > limits.max_head_bytes => Err(HttpError::HEAD_TOO_LARGE),
+            _ => Ok(()),
+        }
+    }
+
     /// Scans new bytes for line ends; returns the end of the head (just past
     /// the empty line's LF) once found. Every LF must follow a CR.
-    fn scan(&mut self, buf: &[u8], max_uri_bytes: usize) -> Result<Option<usize>, HttpError> {
+    fn scan(&mut self, buf: &[u8], limits: &Limits) -> Result<Option<usize>, HttpError> {
         let mut from = self.scanned;
         while let Some(i) = memchr::memchr(b'\n', &buf[from..]) {
             let lf = from + i;
+            // A read that ended just before this LF would have been refused
+            // by `check_pending`; so must the bytes with it, before anything
+            // else is judged, or the answer would depend on how reads split.
+            self.check_pending(lf, limits)?;
             if lf == 0 || buf[lf - 1] != b'\r' {
                 return Err(HttpError::BAD_LINE_ENDING);
             }
             if self.first_line_end.is_none() {
                 self.first_line_end = Some(lf + 1);
-                if target_len(&buf[self.start..lf]) > max_uri_bytes {
+                if target_len(&buf[self.start..lf])
+                    > limits.max_uri_bytes.min(limits.max_head_bytes)
+                {
                     return Err(HttpError::URI_TOO_LONG);
                 }
             } else if lf >= self.start + 3 && buf[lf - 3..lf - 1] == *b"\r\n" {
@@ -200,25 +209,39 @@ fn parse_complete(
         return Err(HttpError::BAD_REQUEST);
     }
     let (path, authority) = split_target(method, target)?;
-    head.path = range(path.as_bytes());
+    head.path = match path {
+        Some(path) => range(path.as_bytes()),
+        // An absolute-form target with an empty path means "/", a byte the
+        // target lacks: point at the "/" of the version after it instead
+        // (httparse allows exactly one space before "HTTP/1.x").
+        None => {
+            let slash = head.target.end + " HTTP".len();
+            if buf.get(slash) != Some(&b'/') {
+                return Err(HttpError::BAD_REQUEST);
+            }
+            slash..slash + 1
+        }
+    };
     head.host = authority.map(|a| range(a.as_bytes()));
     framing(buf, limits, head)
 }
 
-/// Returns (path-and-query, authority of an absolute-form target).
+/// Returns (path-and-query, authority of an absolute-form target). The path
+/// is a slice of `target`, or `None` for an absolute-form target whose path
+/// is empty, which means "/".
 fn split_target<'a>(
     method: &str,
     target: &'a str,
-) -> Result<(&'a str, Option<&'a str>), HttpError> {
+) -> Result<(Option<&'a str>, Option<&'a str>), HttpError> {
     if method == "CONNECT" {
         return Err(HttpError::NOT_IMPLEMENTED);
     }
     if target.starts_with('/') {
-        return Ok((target, None));
+        return Ok((Some(target), None));
     }
     if target == "*" {
         return if method == "OPTIONS" {
-            Ok((target, None))
+            Ok((Some(target), None))
         } else {
             Err(HttpError::BAD_REQUEST)
         };
@@ -236,15 +259,15 @@ fn split_target<'a>(
     if authority.is_empty() || authority.contains('@') || !valid_host(authority.as_bytes()) {
         return Err(HttpError::BAD_HOST);
     }
-    // An absolute-form target with an empty path means "/"; only `path`
-    // starting with '?' is left to reject, since the route needs a path.
+    // An empty path means "/"; a path starting with '?' is refused, since
+    // the route needs a path.
     if path.is_empty() {
-        return Ok(("/", Some(authority)));
+        return Ok((None, Some(authority)));
     }
     if !path.starts_with('/') {
         return Err(HttpError::BAD_REQUEST);
     }
-    Ok((path, Some(authority)))
+    Ok((Some(path), Some(authority)))
 }
 
 fn framing(buf: &[u8], limits: &Limits, head: &mut Head) -> Result<(), HttpError> {

@@ -150,6 +150,8 @@ pub enum Outgoing {
     Request { method: String },
 }
 
+/// A derived `Deserialize` also accepts a struct written as an array of its
+/// fields in order; `peek` checks for an object first.
 #[derive(Deserialize)]
 struct Peek<'a> {
     #[serde(borrow)]
@@ -157,7 +159,7 @@ struct Peek<'a> {
     #[serde(borrow)]
     method: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    params: Option<PeekParams<'a>>,
+    params: Option<&'a RawValue>,
     result: Option<IgnoredAny>,
     error: Option<IgnoredAny>,
 }
@@ -171,7 +173,23 @@ struct PeekParams<'a> {
 /// Classifies a line from a child; `None` for anything that is not a
 /// JSON-RPC message (the child is then misbehaving).
 pub fn peek(line: &[u8]) -> Option<Outgoing> {
+    // A message is an object; `[7, null, null, {}]` would otherwise pass
+    // for the answer to request 7.
+    let first = line
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return None;
+    }
     let p: Peek = serde_json::from_slice(line).ok()?;
+    // Params are structured: by name (where a progress token may be) or by
+    // position.
+    let params = match p.params.map(|r| (r, r.get().as_bytes().first())) {
+        None => None,
+        Some((r, Some(b'{'))) => Some(serde_json::from_str::<PeekParams>(r.get()).ok()?),
+        Some((_, Some(b'['))) => None,
+        Some(_) => return None,
+    };
     let canon = |raw: &RawValue| -> Option<String> {
         serde_json::from_str::<Value>(raw.get())
             .ok()
@@ -181,7 +199,7 @@ pub fn peek(line: &[u8]) -> Option<Outgoing> {
     match (p.method, p.id) {
         (Some(method), None) => Some(Outgoing::Notification {
             method: method.into_owned(),
-            progress: p.params.and_then(|x| x.progress_token).and_then(canon),
+            progress: params.and_then(|x| x.progress_token).and_then(canon),
         }),
         (Some(method), Some(_)) => Some(Outgoing::Request {
             method: method.into_owned(),
@@ -189,6 +207,12 @@ pub fn peek(line: &[u8]) -> Option<Outgoing> {
         (None, Some(id)) if p.result.is_some() || p.error.is_some() => {
             Some(Outgoing::Response { id: canon(id)? })
         }
+        // An error about a request whose id the child could not read has
+        // `"id": null` (JSON-RPC 2.0 section 5). It is still JSON-RPC, so it
+        // must not end the session; it matches no request in flight.
+        (None, None) if p.error.is_some() => Some(Outgoing::Response {
+            id: "null".to_string(),
+        }),
         _ => None,
     }
 }
@@ -292,6 +316,41 @@ mod tests {
         );
         assert_eq!(peek(b"hello"), None);
         assert_eq!(peek(br#"{"jsonrpc":"2.0"}"#), None);
+        assert_eq!(peek(br#"{"jsonrpc":"2.0","id":null,"result":{}}"#), None);
+    }
+
+    /// Found by `fuzz/jsonrpc_child`: a line that was a JSON array was read
+    /// as a struct written positionally, so `[7,null,null,{}]` passed for
+    /// the answer to request 7.
+    #[test]
+    fn only_objects_are_messages() {
+        for line in [
+            &br#"[7,null,null,{}]"#[..],
+            br#"[0,"",null,"",2]"#,
+            br#"[{"jsonrpc":"2.0","id":1,"result":{}}]"#,
+            br#""x""#,
+            b"",
+        ] {
+            assert_eq!(peek(line), None, "{}", String::from_utf8_lossy(line));
+        }
+        // By-position params are valid JSON-RPC but carry no progress token.
+        assert_eq!(
+            peek(br#" {"jsonrpc":"2.0","method":"n","params":["p1"]}"#),
+            Some(Outgoing::Notification {
+                method: "n".into(),
+                progress: None
+            })
+        );
+        assert_eq!(peek(br#"{"jsonrpc":"2.0","method":"n","params":5}"#), None);
+    }
+
+    /// A child's answer to a message it could not parse has a null id; it
+    /// used to count as "not JSON-RPC", which ended the session.
+    #[test]
+    fn null_id_errors_are_responses_to_no_request() {
+        let line =
+            br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}"#;
+        assert_eq!(peek(line), Some(Outgoing::Response { id: "null".into() }));
     }
 
     #[test]

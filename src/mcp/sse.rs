@@ -19,21 +19,22 @@ pub fn event(json: &[u8]) -> Vec<u8> {
 pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
 
 /// Reassembles the `data` of each event in an SSE byte stream (test helper,
-/// and the inverse used by the fuzz round trip).
+/// and the inverse used by the fuzz round trip). As the SSE spec says, every
+/// `data` line adds its value and a LF, and the last LF goes at dispatch, so
+/// empty `data` lines count too.
 pub fn decode(stream: &[u8]) -> Vec<Vec<u8>> {
     let mut events = Vec::new();
     let mut data: Option<Vec<u8>> = None;
     for line in stream.split(|b| *b == b'\n') {
         if line.is_empty() {
-            if let Some(d) = data.take() {
+            if let Some(mut d) = data.take() {
+                d.pop();
                 events.push(d);
             }
-        } else if let Some(rest) = line.strip_prefix(b"data: ") {
+        } else if let Some(rest) = line.strip_prefix(b"data:") {
             let d = data.get_or_insert_with(Vec::new);
-            if !d.is_empty() {
-                d.push(b'\n');
-            }
-            d.extend_from_slice(rest);
+            d.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+            d.push(b'\n');
         }
     }
     events
@@ -60,5 +61,14 @@ mod tests {
                 b"two\nlines".to_vec()
             ]
         );
+    }
+
+    /// Found by `fuzz/sse`: empty lines at the start of a message were lost
+    /// on decoding, because an empty `data` line added nothing.
+    #[test]
+    fn empty_lines_survive_the_round_trip() {
+        for msg in [&b"\n\nx\n"[..], b"", b"\n", b"a\n\nb"] {
+            assert_eq!(decode(&event(msg)), [msg.to_vec()]);
+        }
     }
 }
