@@ -248,8 +248,8 @@ pub struct Resp {
 
 impl HttpConn {
     /// Connects from `src` (bound before connecting), with TCP_NODELAY.
-    /// Blocking, so it can run before the runtime; [`HttpConn::new`] then
-    /// adopts the socket inside it.
+    /// Blocking (a loopback connect completes within the call);
+    /// [`HttpConn::new`] then adopts the socket in the runtime.
     pub fn connect(src: IpAddr, addr: SocketAddr) -> io::Result<std::net::TcpStream> {
         let sock = socket2::Socket::new(
             socket2::Domain::for_address(addr),
@@ -420,45 +420,66 @@ pub struct Expect {
 }
 
 /// A client sending one fixed request in a closed loop: on one kept-alive
-/// connection, or on a new connection each time (as the Python MCP SDK
-/// does after `initialize`, see tests/peers/FACTS.md).
+/// connection per round, or on a new connection for each request (as the
+/// Python MCP SDK does after `initialize`, see tests/peers/FACTS.md).
+///
+/// Kept-alive clients connect as their round starts and close as it ends:
+/// a connection left idle while other targets run would meet ringgate's
+/// header and idle timeouts.
 pub struct HttpClient {
     conn: Option<HttpConn>,
-    /// Where to reconnect for each request, if it does.
-    reconnect: Option<(IpAddr, SocketAddr)>,
+    src: IpAddr,
+    addr: SocketAddr,
+    per_request: bool,
     req: &'static [u8],
     expect: Expect,
     out: Vec<u8>,
 }
 
 impl HttpClient {
-    /// Must run inside the runtime; `socket` comes from [`HttpConn::connect`].
-    pub fn kept_alive(socket: std::net::TcpStream, req: &'static [u8], expect: Expect) -> Client {
-        Client::Http(HttpClient {
-            conn: Some(HttpConn::new(socket).expect("adopt socket")),
-            reconnect: None,
-            req,
-            expect,
-            out: Vec::with_capacity(req.len()),
-        })
+    pub fn kept_alive(src: IpAddr, addr: SocketAddr, req: &'static [u8], expect: Expect) -> Client {
+        Self::client(src, addr, false, req, expect)
     }
 
     /// Opens a new connection for every request and resets it after the
     /// answer (`SO_LINGER` 0: no TIME_WAIT, so ports are not exhausted).
-    /// The loopback connect is made blocking: it completes in the call.
     pub fn reconnecting(
         src: IpAddr,
         addr: SocketAddr,
         req: &'static [u8],
         expect: Expect,
     ) -> Client {
+        Self::client(src, addr, true, req, expect)
+    }
+
+    fn client(
+        src: IpAddr,
+        addr: SocketAddr,
+        per_request: bool,
+        req: &'static [u8],
+        expect: Expect,
+    ) -> Client {
         Client::Http(HttpClient {
             conn: None,
-            reconnect: Some((src, addr)),
+            src,
+            addr,
+            per_request,
             req,
             expect,
             out: Vec::with_capacity(req.len()),
         })
+    }
+
+    /// Loopback connects complete within the call, so they are made
+    /// blocking, on the runtime thread.
+    fn connect(&mut self) -> io::Result<()> {
+        let s = if self.per_request {
+            HttpConn::connect_resetting(self.src, self.addr)?
+        } else {
+            HttpConn::connect(self.src, self.addr)?
+        };
+        self.conn = Some(HttpConn::new(s)?);
+        Ok(())
     }
 
     async fn run(mut self, rec: &Recorder) -> Option<HttpClient> {
@@ -467,19 +488,15 @@ impl HttpClient {
             out.clear();
             out.extend_from_slice(self.req);
             let t0 = Instant::now();
-            if let Some((src, addr)) = self.reconnect {
-                let fresh = HttpConn::connect_resetting(src, addr).and_then(HttpConn::new);
-                match fresh {
-                    Ok(c) => self.conn = Some(c),
-                    Err(e) => {
-                        rec.error(format!("connect failed: {e}"));
-                        return None;
-                    }
+            if self.conn.is_none() {
+                if let Err(e) = self.connect() {
+                    rec.error(format!("connect failed: {e}"));
+                    return None;
                 }
             }
-            let conn = self.conn.as_mut().expect("a connection");
+            let conn = self.conn.as_mut().expect("connected");
             let result = conn.roundtrip(out).await;
-            if self.reconnect.is_some() {
+            if self.per_request {
                 // Dropped: the close goes with the next submission.
                 self.conn = None;
             }
@@ -503,6 +520,9 @@ impl HttpClient {
                     return None;
                 }
             }
+        }
+        if let Some(c) = self.conn.take() {
+            c.close().await;
         }
         Some(self)
     }

@@ -43,7 +43,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use client::{Client, Expect, HttpClient, HttpConn, McpClient, McpSession, Measured};
+use client::{Client, Expect, HttpClient, McpClient, McpSession, Measured};
 use client::{StdioChild, StdioClient, Target};
 use procs::Server;
 
@@ -353,12 +353,6 @@ fn progress(r: &Row) {
     );
 }
 
-fn sockets(n: usize, src: &str, addr: SocketAddr) -> Vec<std::net::TcpStream> {
-    (0..n)
-        .map(|_| HttpConn::connect(ip(src), addr).expect("connect"))
-        .collect()
-}
-
 fn main() {
     if std::env::var(ROLE_ENV).as_deref() == Ok("baseline") {
         baseline::main();
@@ -536,30 +530,18 @@ fn http_scenarios(o: &Opts, whois: &str, w: usize, idle_rss: &mut Vec<(usize, u6
         .iter()
         .map(|p| Probe::new(Some(servers[p.server].pid()), Vec::new(), false))
         .collect();
-    let socks: Vec<Vec<std::net::TcpStream>> = plan
-        .iter()
-        .map(|p| match p.reconnect {
-            true => Vec::new(),
-            false => sockets(o.conns, p.src, servers[p.server].addr),
-        })
-        .collect();
     let results = client::block_on(async {
         let mut targets: Vec<Target> = plan
             .iter()
-            .zip(socks)
             .zip(&probes)
-            .map(|((p, socks), probe)| {
-                let clients = if p.reconnect {
-                    let addr = servers[p.server].addr;
-                    (0..o.conns)
-                        .map(|_| HttpClient::reconnecting(ip(p.src), addr, GET_HELLO, p.expect))
-                        .collect()
-                } else {
-                    socks
-                        .into_iter()
-                        .map(|s| HttpClient::kept_alive(s, GET_HELLO, p.expect))
-                        .collect()
-                };
+            .map(|(p, probe)| {
+                let (src, addr) = (ip(p.src), servers[p.server].addr);
+                let clients = (0..o.conns)
+                    .map(|_| match p.reconnect {
+                        true => HttpClient::reconnecting(src, addr, GET_HELLO, p.expect),
+                        false => HttpClient::kept_alive(src, addr, GET_HELLO, p.expect),
+                    })
+                    .collect();
                 Target::new(clients, |start| probe.snap(start))
             })
             .collect();
