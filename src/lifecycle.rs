@@ -155,13 +155,22 @@ fn route_count(c: &Config) -> usize {
 #[derive(Default)]
 pub struct Drain {
     on: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
+    /// One slot per pending `DrainWait`; a dropped wait frees its slot, so
+    /// this holds only live waiters (connections between requests, accept
+    /// loops), however many requests were served.
+    waiters: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
 }
 
 impl Drain {
     pub fn start(&self) {
         self.on.set(true);
-        for w in self.waiters.borrow_mut().drain(..) {
+        for w in self
+            .waiters
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(Option::take)
+        {
             w.wake();
         }
     }
@@ -172,22 +181,78 @@ impl Drain {
 
     /// Resolves once draining has started.
     pub fn wait(&self) -> DrainWait<'_> {
-        DrainWait(self)
+        DrainWait {
+            drain: self,
+            slot: None,
+        }
     }
 }
 
-pub struct DrainWait<'a>(&'a Drain);
+pub struct DrainWait<'a> {
+    drain: &'a Drain,
+    slot: Option<usize>,
+}
 
 impl Future for DrainWait<'_> {
     type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.on.get() {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.drain.on.get() {
             return Poll::Ready(());
         }
-        let mut w = self.0.waiters.borrow_mut();
-        if !w.iter().any(|x| x.will_wake(cx.waker())) {
-            w.push(cx.waker().clone());
+        let mut w = self.drain.waiters.borrow_mut();
+        match self.slot {
+            Some(i) => match &mut w[i] {
+                Some(x) if x.will_wake(cx.waker()) => {}
+                x => *x = Some(cx.waker().clone()),
+            },
+            None => {
+                let i = match self.drain.free.borrow_mut().pop() {
+                    Some(i) => {
+                        w[i] = Some(cx.waker().clone());
+                        i
+                    }
+                    None => {
+                        w.push(Some(cx.waker().clone()));
+                        w.len() - 1
+                    }
+                };
+                drop(w);
+                self.slot = Some(i);
+            }
         }
         Poll::Pending
+    }
+}
+
+impl Drop for DrainWait<'_> {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot {
+            if let Some(slot) = self.drain.waiters.borrow_mut().get_mut(i) {
+                *slot = None;
+            }
+            self.drain.free.borrow_mut().push(i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection waits on the drain between requests; those waits
+    /// must not accumulate (they once kept each finished task's memory).
+    #[test]
+    fn dropped_waits_free_their_slots() {
+        let drain = Drain::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..1000 {
+            let mut w = std::pin::pin!(drain.wait());
+            assert!(w.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(drain.waiters.borrow().len(), 1);
+        let mut w = std::pin::pin!(drain.wait());
+        assert!(w.as_mut().poll(&mut cx).is_pending());
+        drain.start();
+        assert!(w.as_mut().poll(&mut cx).is_ready());
     }
 }
