@@ -10,8 +10,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::access_log;
-use crate::http::chunked::ChunkedDecoder;
-use crate::http::parse::{BodyKind, Head, HeadParser};
+use crate::http::parse::RequestReader;
 use crate::http::response::{serialize, stream_end, stream_piece, Body, Response};
 use crate::http::HttpError;
 use crate::pipeline::{self, Request};
@@ -51,27 +50,44 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
     let limits = &ctx.config().limits;
     let mut buf: Vec<u8> = Vec::with_capacity(MIN_READ_BYTES);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
-    let mut parser = HeadParser::default();
-    let mut head = Head::default();
-    let mut chunked_body = Vec::new();
+    let mut reader = RequestReader::default();
     let peer_ip = peer.ip().to_string();
     // The first request must arrive within the header timeout of the accept;
     // later ones may idle up to the idle timeout before their first byte.
     let mut idle_deadline = Instant::now() + limits.header_read_timeout;
     loop {
-        parser.reset();
+        reader.reset();
+        // The head's deadline; the body gets its own once the head is read.
         let mut deadline = idle_deadline;
         let mut request_started = false;
-        let started = loop {
-            match parser.poll(&buf, limits, &mut head) {
-                Ok(true) => break Instant::now(),
-                Ok(false) => {}
+        let mut head_read: Option<Instant> = None;
+        let consumed = loop {
+            match reader.poll(&buf, limits) {
+                Ok(Some(n)) => break n,
+                Ok(None) => {}
                 Err(e) => return refuse(stream, out, e, peer, &ctx).await,
             }
-            if !request_started && parser.started(&buf) {
+            if !request_started && reader.started(&buf) {
                 request_started = true;
                 deadline = deadline.min(Instant::now() + limits.header_read_timeout);
             }
+            if let (None, Some(head)) = (head_read, reader.head()) {
+                head_read = Some(Instant::now());
+                deadline = Instant::now() + limits.body_read_timeout;
+                // RFC 9110 section 10.1.1: a client waiting for 100 Continue
+                // gets it once we are about to read the body.
+                if head.expect_continue && head.minor_version == 1 {
+                    out.clear();
+                    out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    out = match write(&mut stream, out, limits.write_timeout).await {
+                        Some(o) => o,
+                        None => return,
+                    };
+                }
+            }
+            // Raw chunk bytes are dropped as they are decoded, so the buffer
+            // holds at most one read's worth beyond the head.
+            reader.compact(&mut buf);
             let before = buf.len();
             let read = if request_started {
                 read_more(&mut stream, buf, deadline).await
@@ -92,81 +108,13 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
             };
             ctx.worker.stats.add_bytes(buf.len() - before, 0);
         };
-
-        // The body, read whole before the pipeline runs so that a pipelined
-        // request behind it is found whatever the route answers.
-        let body_deadline = Instant::now() + limits.body_read_timeout;
-        let (body_range, consumed) = match head.body {
-            BodyKind::Empty => (head.len..head.len, head.len),
-            BodyKind::Length(n) => {
-                let end = head.len + n as usize;
-                if buf.len() < end {
-                    if head.expect_continue && head.minor_version == 1 {
-                        out.clear();
-                        out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-                        out = match write(&mut stream, out, limits.write_timeout).await {
-                            Some(o) => o,
-                            None => return,
-                        };
-                    }
-                    buf.reserve(end - buf.len());
-                }
-                while buf.len() < end {
-                    buf = match read_more(&mut stream, buf, body_deadline).await {
-                        Read::More(b) => b,
-                        Read::Timeout => {
-                            return refuse(stream, out, HttpError::REQUEST_TIMEOUT, peer, &ctx)
-                                .await
-                        }
-                        Read::Eof | Read::Failed => return,
-                    };
-                }
-                (head.len..end, end)
-            }
-            BodyKind::Chunked => {
-                chunked_body.clear();
-                let mut dec = ChunkedDecoder::new(limits.max_body_bytes, limits.max_head_bytes);
-                let mut continued = false;
-                loop {
-                    match dec.decode(&buf[head.len..], &mut chunked_body) {
-                        // Raw chunk bytes are dropped as they are decoded, so the
-                        // buffer holds at most one read's worth beyond the head.
-                        Ok(used) => drop(buf.drain(head.len..head.len + used)),
-                        Err(e) => return refuse(stream, out, e.into(), peer, &ctx).await,
-                    }
-                    if dec.is_done() {
-                        break;
-                    }
-                    if head.expect_continue && head.minor_version == 1 && !continued {
-                        continued = true;
-                        out.clear();
-                        out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-                        out = match write(&mut stream, out, limits.write_timeout).await {
-                            Some(o) => o,
-                            None => return,
-                        };
-                    }
-                    buf = match read_more(&mut stream, buf, body_deadline).await {
-                        Read::More(b) => b,
-                        Read::Timeout => {
-                            return refuse(stream, out, HttpError::REQUEST_TIMEOUT, peer, &ctx)
-                                .await
-                        }
-                        Read::Eof | Read::Failed => return,
-                    };
-                }
-                (0..0, head.len)
-            }
-        };
-        let body: &[u8] = match head.body {
-            BodyKind::Chunked => &chunked_body,
-            _ => &buf[body_range],
-        };
+        let head = reader.head().expect("a complete request has a head");
+        let started = head_read.unwrap_or_else(Instant::now);
 
         let req = Request {
             buf: &buf,
-            head: &head,
-            body,
+            head,
+            body: reader.body(&buf),
             peer,
             peer_ip: &peer_ip,
         };
@@ -186,15 +134,16 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
             head.minor_version == 0,
             head_only,
         );
-        let mut sent = out.len();
-        let mut written = write(&mut stream, out, limits.write_timeout).await;
-        if let (Body::Stream(rx), false) = (&resp.body, head_only) {
-            if let Some(o) = written {
-                let (w, n) = write_stream(&mut stream, o, rx, http10, limits.write_timeout).await;
-                written = w;
-                sent += n;
+        let (written, sent) = match (&resp.body, head_only) {
+            // The head goes out with the stream's first piece.
+            (Body::Stream(rx), false) => {
+                write_stream(&mut stream, out, rx, http10, limits.write_timeout).await
             }
-        }
+            _ => {
+                let n = out.len();
+                (write(&mut stream, out, limits.write_timeout).await, n)
+            }
+        };
         let took = started.elapsed();
         ctx.worker.stats.add_bytes(0, sent);
         let route = handled.route.map_or("", |r| r.name.as_str());
@@ -215,9 +164,13 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
 /// How long a stream may stay silent before a keep-alive comment is sent;
 /// the write also finds clients that went away.
 const STREAM_KEEPALIVE: Duration = Duration::from_secs(15);
+/// How long a stream's head waits for the first piece, so that a quick
+/// answer (most MCP calls) leaves in one write: head, event and end.
+const HEAD_HOLD: Duration = Duration::from_millis(5);
 
-/// Writes a streamed body until its senders are gone; returns the buffer
-/// (unless the connection failed) and the bytes written.
+/// Writes a response head (in `out`) and its streamed body until the body's
+/// senders are gone; returns the buffer (unless the connection failed) and
+/// the bytes written.
 async fn write_stream(
     stream: &mut TcpStream,
     mut out: Vec<u8>,
@@ -226,29 +179,43 @@ async fn write_stream(
     timeout: Duration,
 ) -> (Option<Vec<u8>>, usize) {
     let mut sent = 0;
+    let mut wait = HEAD_HOLD;
     loop {
-        out.clear();
-        let end = match monoio::time::timeout(STREAM_KEEPALIVE, rx.recv_async()).await {
+        let end = match monoio::time::timeout(wait, rx.recv_async()).await {
             Ok(Ok(piece)) => {
                 stream_piece(&mut out, &piece, http10);
-                // Send whatever else is already waiting in the same write.
-                while let Ok(piece) = rx.try_recv() {
-                    stream_piece(&mut out, &piece, http10);
+                // Send whatever else is already waiting in the same write,
+                // and the end too when the last sender is gone.
+                loop {
+                    match rx.try_recv() {
+                        Ok(piece) => stream_piece(&mut out, &piece, http10),
+                        Err(flume::TryRecvError::Empty) => break false,
+                        Err(flume::TryRecvError::Disconnected) => {
+                            stream_end(&mut out, http10);
+                            break true;
+                        }
+                    }
                 }
-                false
             }
             Ok(Err(_)) => {
                 stream_end(&mut out, http10);
                 true
             }
+            // Silent past the hold: the head alone, so the client sees the
+            // stream open; later silences get a keep-alive comment.
+            Err(_) if wait == HEAD_HOLD => false,
             Err(_) => {
                 stream_piece(&mut out, crate::mcp::sse::KEEPALIVE, http10);
                 false
             }
         };
+        wait = STREAM_KEEPALIVE;
         sent += out.len();
         match write(stream, out, timeout).await {
-            Some(o) if !end => out = o,
+            Some(mut o) if !end => {
+                o.clear();
+                out = o;
+            }
             other => return (other, sent),
         }
     }

@@ -369,28 +369,48 @@ fn framing(buf: &[u8], limits: &Limits, head: &mut Head) -> Result<(), HttpError
 }
 
 /// One whole request as the connection loop frames it: the head, then the
-/// body by `Content-Length` or through a [`ChunkedDecoder`]. Sans-I/O, so
-/// fuzz targets and tests see exactly the framing decisions `conn.rs` makes
-/// without a socket.
+/// body by `Content-Length` or through a [`ChunkedDecoder`]. Sans-I/O: the
+/// connection loop (`conn.rs`) drives exactly this code with a socket, and the
+/// fuzz targets and tests drive it without one.
 ///
-/// [`RequestReader::poll`] is called with every byte of the request received
-/// so far (from its first byte, the same buffer each time, growing) and
-/// resumes where it stopped, so feeding a request in pieces costs no more
-/// than feeding it whole, and gives the same answer.
+/// [`RequestReader::poll`] is called with the bytes of the request received
+/// so far (from its first byte, growing between calls) and resumes where it
+/// stopped, so feeding a request in pieces costs no more than feeding it
+/// whole, and gives the same answer. Between calls, [`compact`](Self::compact)
+/// may drop the raw chunked-body bytes already decoded from the buffer.
 #[derive(Debug, Default)]
 pub struct RequestReader {
     parser: HeadParser,
     head: Head,
     head_done: bool,
     chunked: Option<ChunkedDecoder>,
-    /// Raw chunked-body bytes the decoder has consumed.
+    /// Raw chunked-body bytes the decoder has consumed and are still in the
+    /// buffer (after the head).
     chunked_used: usize,
+    /// Raw chunked-body bytes `compact` removed from the buffer.
+    discarded: usize,
     /// The decoded payload of a chunked body.
     payload: Vec<u8>,
     consumed: Option<usize>,
 }
 
 impl RequestReader {
+    /// Ready for the next request; keeps allocations.
+    pub fn reset(&mut self) {
+        self.parser.reset();
+        self.head_done = false;
+        self.chunked = None;
+        self.chunked_used = 0;
+        self.discarded = 0;
+        self.payload.clear();
+        self.consumed = None;
+    }
+
+    /// True once any byte of a request (not only empty lines) arrived.
+    pub fn started(&self, buf: &[u8]) -> bool {
+        self.head_done || self.parser.started(buf)
+    }
+
     /// `Ok(None)`: need more bytes. `Ok(Some(n))`: the request is complete
     /// and is the first `n` bytes of `buf` (a pipelined next request starts
     /// at `n`). `Err`: answer with that status and close.
@@ -430,9 +450,32 @@ impl RequestReader {
         Ok(Some(consumed))
     }
 
+    /// Removes the raw chunked-body bytes already decoded from `buf` (which
+    /// must be the buffer given to the last [`poll`](Self::poll)), so a long
+    /// chunked body is held once, decoded, rather than also raw. The head
+    /// stays where it is. Does nothing before the body or once complete.
+    pub fn compact(&mut self, buf: &mut Vec<u8>) {
+        if self.consumed.is_none() && self.chunked_used > 0 {
+            buf.drain(self.head.len..self.head.len + self.chunked_used);
+            self.discarded += self.chunked_used;
+            self.chunked_used = 0;
+        }
+    }
+
+    /// Bytes [`compact`](Self::compact) removed from the buffer: the request
+    /// took `n + discarded()` bytes of the stream when `poll` returned `n`.
+    pub fn discarded(&self) -> usize {
+        self.discarded
+    }
+
     /// The parsed head, once [`poll`](Self::poll) got past it.
     pub fn head(&self) -> Option<&Head> {
         self.head_done.then_some(&self.head)
+    }
+
+    /// Whether the head is complete and the body is still being read.
+    pub fn in_body(&self) -> bool {
+        self.head_done && self.consumed.is_none()
     }
 
     /// The body of a complete request; `buf` is the buffer given to `poll`.
