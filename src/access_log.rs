@@ -8,7 +8,7 @@
 //! fields by name and `filter` (CEL) keeps or drops the whole line. With
 //! `config.logging.format: json` the line is one JSON object instead.
 
-use std::fmt::Write;
+use std::fmt::{Display, Write};
 use std::time::Duration;
 
 use tracing::info;
@@ -21,10 +21,80 @@ use crate::worker::{BindCtx, PeerAddr};
 /// The `tracing` target of access-log events (filter it with `RUST_LOG`).
 pub const TARGET: &str = "request";
 
-/// Field names and values of one line, in order.
-struct Line {
-    fields: Vec<(&'static str, String)>,
-    extra: Vec<(String, String)>,
+/// One line, written field by field into a single buffer.
+struct Line<'c> {
+    out: String,
+    json: bool,
+    remove: &'c [String],
+}
+
+impl<'c> Line<'c> {
+    fn new(ctx: &'c BindCtx) -> Self {
+        let cfg = ctx.config();
+        Line::with(
+            cfg.logging.format == LogFormat::Json,
+            &cfg.access_log.remove,
+        )
+    }
+
+    fn with(json: bool, remove: &'c [String]) -> Self {
+        let mut out = String::with_capacity(256);
+        out.push_str(if json { "{" } else { "request" });
+        Line { out, json, remove }
+    }
+
+    fn field(&mut self, name: &str, value: impl Display) {
+        if self.remove.iter().any(|r| r == name) {
+            return;
+        }
+        if self.json {
+            if self.out.len() > 1 {
+                self.out.push(',');
+            }
+            push_json_str(&mut self.out, name);
+            self.out.push(':');
+            let at = self.out.len();
+            let _ = write!(self.out, "{value}");
+            // Values are written bare first; the rare one that needs
+            // escaping is written again as a JSON string.
+            let v = self.out.split_off(at);
+            push_json_str(&mut self.out, &v);
+        } else {
+            let _ = write!(self.out, " {name}=");
+            let at = self.out.len();
+            let _ = write!(self.out, "{value}");
+            let v = &self.out[at..];
+            if v.is_empty() || v.contains([' ', '"', '=']) || v.contains(char::is_control) {
+                let v = self.out.split_off(at);
+                let _ = write!(self.out, "{v:?}");
+            }
+        }
+    }
+
+    fn finish(mut self) -> String {
+        if self.json {
+            // A JSON object of its own; the JSON log formatter embeds it whole.
+            self.out.push('}');
+        }
+        self.out
+    }
+
+    fn emit(self) {
+        info!(target: TARGET, "{}", self.finish());
+    }
+}
+
+/// Appends `s` as a JSON string.
+fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes()
+        .any(|b| b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f)
+    {
+        out.push_str(&serde_json::Value::from(s).to_string());
+    } else {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    }
 }
 
 /// Logs a request that reached the pipeline.
@@ -33,10 +103,13 @@ pub fn request(ctx: &BindCtx, req: &Request, handled: &Handled, elapsed: Duratio
         return;
     }
     let cfg = &ctx.config().access_log;
-    let headers = if cfg.add.is_empty() && cfg.filter.is_none() {
-        Vec::new()
-    } else {
+    // Request headers are gathered only for expressions that may read them.
+    let needs_headers =
+        cfg.filter.is_some() || cfg.add.iter().any(|(_, e)| e.extauthz_key().is_none());
+    let headers = if needs_headers {
         req.headers()
+    } else {
+        Vec::new()
     };
     let mut vars = req.vars(&headers);
     vars.extauthz = handled.authz.as_ref().map(|d| d.metadata.as_slice());
@@ -45,47 +118,48 @@ pub fn request(ctx: &BindCtx, req: &Request, handled: &Handled, elapsed: Duratio
             return;
         }
     }
-    let mut line = Line {
-        fields: vec![
-            ("src.addr", req.peer.0.to_string()),
-            ("http.method", req.method().to_string()),
-            ("http.path", req.path().to_string()),
-            ("http.status", handled.resp.status.to_string()),
-        ],
-        extra: Vec::new(),
-    };
+    let mut line = Line::new(ctx);
+    line.field("src.addr", req.peer.0);
+    line.field("http.method", req.method());
+    line.field("http.path", req.path());
+    line.field("http.status", handled.resp.status);
     if let Some(m) = &handled.mcp {
-        line.fields.push(("protocol", "mcp".to_string()));
+        line.field("protocol", "mcp");
         if let Some(v) = &m.method {
-            line.fields.push(("mcp.method.name", v.clone()));
+            line.field("mcp.method.name", v);
         }
         if let Some(v) = &m.tool {
-            line.fields.push(("gen_ai.tool.name", v.clone()));
+            line.field("gen_ai.tool.name", v);
         }
         if let Some(v) = &m.session {
-            line.fields.push(("mcp.session.id", v.clone()));
+            line.field("mcp.session.id", v);
         }
     }
     if let Some(route) = handled.route {
-        line.fields.push(("route", route.name.clone()));
+        line.field("route", &route.name);
     }
     if let Some(source) = handled.authz_source {
-        line.fields.push(("authz", source.as_str().to_string()));
+        line.field("authz", source.as_str());
     }
-    line.fields
-        .push(("duration", DurationText(elapsed).to_string()));
-    line.fields.push(("worker", ctx.worker.id.0.to_string()));
+    line.field("duration", DurationText(elapsed));
+    line.field("worker", ctx.worker.id.0);
     for (name, expr) in &cfg.add {
-        if let Ok(v) = expr.eval(&vars) {
-            line.extra.push((name.clone(), v.to_string()));
+        // A field whose expression fails (no such metadata) is left out.
+        match expr.extauthz_key() {
+            Some(key) => {
+                let found = vars.extauthz.and_then(|m| m.iter().find(|(k, _)| k == key));
+                if let Some((_, v)) = found {
+                    line.field(name, v);
+                }
+            }
+            None => {
+                if let Ok(v) = expr.eval(&vars) {
+                    line.field(name, v);
+                }
+            }
         }
     }
-    if !cfg.remove.is_empty() {
-        line.fields
-            .retain(|(n, _)| !cfg.remove.iter().any(|r| r == n));
-        line.extra.retain(|(n, _)| !cfg.remove.contains(n));
-    }
-    emit(ctx, &line);
+    line.emit();
 }
 
 /// Logs a request refused before routing (framing error, timeout).
@@ -93,50 +167,12 @@ pub fn refused(ctx: &BindCtx, peer: PeerAddr, resp: &Response) {
     if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
         return;
     }
-    let line = Line {
-        fields: vec![
-            ("src.addr", peer.0.to_string()),
-            ("http.status", resp.status.to_string()),
-            ("worker", ctx.worker.id.0.to_string()),
-            (
-                "error",
-                String::from_utf8_lossy(resp.body.as_slice()).into_owned(),
-            ),
-        ],
-        extra: Vec::new(),
-    };
-    emit(ctx, &line);
-}
-
-fn emit(ctx: &BindCtx, line: &Line) {
-    let all = line
-        .fields
-        .iter()
-        .map(|(n, v)| (*n, v.as_str()))
-        .chain(line.extra.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-    let mut out = String::with_capacity(256);
-    match ctx.config().logging.format {
-        LogFormat::Text => {
-            out.push_str("request");
-            for (n, v) in all {
-                let _ = write!(out, " {n}=");
-                if v.is_empty() || v.contains([' ', '"', '=']) {
-                    let _ = write!(out, "{v:?}");
-                } else {
-                    out.push_str(v);
-                }
-            }
-        }
-        LogFormat::Json => {
-            // A JSON object of its own; the JSON log formatter embeds it whole.
-            let mut map = serde_json::Map::new();
-            for (n, v) in all {
-                map.insert(n.to_string(), serde_json::Value::String(v.to_string()));
-            }
-            out = serde_json::Value::Object(map).to_string();
-        }
-    }
-    info!(target: TARGET, "{out}");
+    let mut line = Line::new(ctx);
+    line.field("src.addr", peer.0);
+    line.field("http.status", resp.status);
+    line.field("worker", ctx.worker.id.0);
+    line.field("error", String::from_utf8_lossy(resp.body.as_slice()));
+    line.emit();
 }
 
 /// `3ms`, `250us`, `1.2s`: short and readable.
@@ -152,5 +188,43 @@ impl std::fmt::Display for DurationText {
         } else {
             write!(f, "{:.1}s", self.0.as_secs_f64())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(json: bool, remove: &[String]) -> String {
+        let mut l = Line::with(json, remove);
+        l.field("http.path", "/mcp?a=b");
+        l.field("http.status", 403);
+        l.field("who", "Ada \"L\"\nx");
+        l.field("empty", "");
+        l.field("route", "application");
+        l.finish()
+    }
+
+    #[test]
+    fn text_lines_quote_what_would_be_ambiguous() {
+        assert_eq!(
+            line(false, &[]),
+            r#"request http.path="/mcp?a=b" http.status=403 who="Ada \"L\"\nx" empty="" route=application"#
+        );
+        assert_eq!(
+            line(false, &["who".into(), "http.path".into()]),
+            r#"request http.status=403 empty="" route=application"#
+        );
+    }
+
+    #[test]
+    fn json_lines_are_objects_in_field_order() {
+        let s = line(true, &["route".into()]);
+        assert_eq!(
+            s,
+            r#"{"http.path":"/mcp?a=b","http.status":"403","who":"Ada \"L\"\nx","empty":""}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["who"], "Ada \"L\"\nx");
     }
 }

@@ -13,7 +13,7 @@
 pub mod cache;
 pub mod client;
 
-use std::fmt::Write;
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -71,6 +71,8 @@ pub enum Verdict {
 pub struct AuthzState {
     client: AuthzClient,
     cache: Rc<Cache<Answer>>,
+    /// Reused for each request's cache key.
+    key_buf: Cell<String>,
 }
 
 impl AuthzState {
@@ -81,6 +83,7 @@ impl AuthzState {
         Ok(AuthzState {
             client: AuthzClient::new(cc),
             cache: Rc::new(Cache::new(cfg.cache.max_entries)),
+            key_buf: Cell::new(String::with_capacity(128)),
         })
     }
 
@@ -91,10 +94,7 @@ impl AuthzState {
 
 /// Runs the check for one request.
 pub async fn check(state: &AuthzState, cfg: &ExtAuthz, vars: &Vars<'_>, stats: &Stats) -> Verdict {
-    let (answer, source) = match render(cfg, vars) {
-        Ok((req, key)) => lookup(state, cfg, vars, &req, &key, stats).await,
-        Err(e) => (Err(e), Source::Lookup),
-    };
+    let (answer, source) = lookup(state, cfg, vars, stats).await;
     let outcome = match &answer {
         Ok(d) if d.allowed => AuthzOutcome::Allowed,
         Ok(_) => AuthzOutcome::Denied,
@@ -119,9 +119,12 @@ fn denied(status: u16) -> Response {
     Response::text(status, "external authorization failed")
 }
 
-/// Builds the check request and its cache key.
-fn render(cfg: &ExtAuthz, vars: &Vars) -> Result<(CheckRequest, String), Failure> {
-    let fail = |what: &str, e: String| -> Failure { format!("{what}: {e}").into() };
+fn fail(what: &str, e: String) -> Failure {
+    format!("{what}: {e}").into()
+}
+
+/// Builds the check request; done only when the cache has no answer.
+fn render(cfg: &ExtAuthz, vars: &Vars) -> Result<CheckRequest, Failure> {
     let mut req = CheckRequest {
         path: cfg.path.eval_string(vars).map_err(|e| fail("path", e))?,
         ..CheckRequest::default()
@@ -134,31 +137,71 @@ fn render(cfg: &ExtAuthz, vars: &Vars) -> Result<(CheckRequest, String), Failure
             _ => req.headers.push((name.clone(), v)),
         }
     }
-    let key = match &cfg.cache.key {
-        Some(k) => k.eval_string(vars).map_err(|e| fail("cache key", e))?,
-        None => {
-            let mut k = String::with_capacity(req.path.len() + req.authority.len() + 16);
-            let _ = write!(k, "{} {} {}", req.method, req.path, req.authority);
-            for (n, v) in &req.headers {
-                let _ = write!(k, "\n{n}: {v}");
-            }
-            k
-        }
+    Ok(req)
+}
+
+/// Writes the cache key to `out`: `cache.key` when configured, else what
+/// the check request would be made of (method, path, authority, headers).
+/// Renders fast-path expressions without allocating.
+fn render_key(cfg: &ExtAuthz, vars: &Vars, out: &mut String) -> Result<(), Failure> {
+    if let Some(k) = &cfg.cache.key {
+        return k
+            .eval_string_into(vars, out)
+            .map_err(|e| fail("cache key", e));
+    }
+    let pseudo = |name: &str| {
+        cfg.add_request_headers
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
     };
-    Ok((req, key))
+    match pseudo(":method") {
+        Some((n, e)) => e.eval_string_into(vars, out).map_err(|e| fail(n, e))?,
+        None => out.push_str("GET"),
+    }
+    out.push(' ');
+    cfg.path
+        .eval_string_into(vars, out)
+        .map_err(|e| fail("path", e))?;
+    out.push(' ');
+    if let Some((n, e)) = pseudo(":authority") {
+        e.eval_string_into(vars, out).map_err(|e| fail(n, e))?;
+    }
+    for (name, expr) in &cfg.add_request_headers {
+        if !name.starts_with(':') {
+            out.push('\n');
+            out.push_str(name);
+            out.push_str(": ");
+            expr.eval_string_into(vars, out)
+                .map_err(|e| fail(name, e))?;
+        }
+    }
+    Ok(())
 }
 
 async fn lookup(
     state: &AuthzState,
     cfg: &ExtAuthz,
     vars: &Vars<'_>,
-    req: &CheckRequest,
-    key: &str,
     stats: &Stats,
 ) -> (Answer, Source) {
-    let leader = match state.cache.lookup(key, Instant::now()) {
-        Lookup::Hit(a) => return (a, Source::Cache),
+    // The key is rendered into a buffer the state keeps between requests.
+    let mut key = state.key_buf.take();
+    key.clear();
+    let found = match render_key(cfg, vars, &mut key) {
+        Ok(()) => state.cache.lookup(&key, Instant::now()),
+        Err(e) => {
+            state.key_buf.set(key);
+            return (Err(e), Source::Lookup);
+        }
+    };
+    let leader = match found {
+        Lookup::Hit(a) => {
+            state.key_buf.set(key);
+            return (a, Source::Cache);
+        }
         Lookup::Wait(w) => {
+            state.key_buf.set(key);
             let a = w
                 .await
                 .unwrap_or_else(|| Err("the shared lookup was abandoned".into()));
@@ -166,8 +209,15 @@ async fn lookup(
         }
         Lookup::Lead(l) => l,
     };
+    let req = match render(cfg, vars) {
+        Ok(r) => r,
+        Err(e) => {
+            leader.finish(Err(e.clone()), None, Instant::now());
+            return (Err(e), Source::Lookup);
+        }
+    };
     let started = Instant::now();
-    let answer = match state.client.send(req).await {
+    let answer = match state.client.send(&req).await {
         Ok(resp) => decide(cfg, vars, &resp),
         Err(e) => Err(format!("authorization service: {e}").into()),
     };
@@ -225,4 +275,92 @@ fn decide(cfg: &ExtAuthz, vars: &Vars, resp: &CheckResponse) -> Answer {
         status: resp.status,
         metadata,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn ext_authz(yaml: &str) -> ExtAuthz {
+        let cfg = Config::from_yaml(yaml).expect("valid config");
+        let route = &cfg.binds[0].listeners[0].routes[0];
+        route.policies.ext_authz.clone().expect("extAuthz")
+    }
+
+    fn vars(ip: &str) -> Vars<'_> {
+        Vars {
+            source_address: ip,
+            method: "POST",
+            path: "/mcp",
+            ..Vars::default()
+        }
+    }
+
+    fn key(cfg: &ExtAuthz, ip: &str) -> String {
+        let mut out = String::from("left over from the last request");
+        out.clear();
+        render_key(cfg, &vars(ip), &mut out).expect("key renders");
+        out
+    }
+
+    /// The key names everything the check request is made of, so two requests
+    /// share an answer only when they would send the same check.
+    #[test]
+    fn default_key_is_the_check_request() {
+        let seed = ext_authz(include_str!("../config/tailscale.yaml"));
+        let k = key(&seed, "100.64.0.7");
+        assert_eq!(
+            k,
+            "GET /localapi/v0/whois?addr=100.64.0.7 local-tailscaled.sock"
+        );
+        let req = render(&seed, &vars("100.64.0.7")).unwrap();
+        assert_eq!(k, format!("{} {} {}", req.method, req.path, req.authority));
+        assert_ne!(k, key(&seed, "100.64.0.8"));
+
+        let cfg = ext_authz(
+            r#"
+binds:
+- port: 0
+  listeners:
+  - routes:
+    - policies:
+        extAuthz:
+          host: 127.0.0.1:1
+          protocol:
+            http:
+              path: '"/check?m=" + request.method'
+              addRequestHeaders:
+                x-peer: source.address
+                :method: '"HEAD"'
+                x-path: request.path
+        directResponse: {body: ok, status: 200}
+"#,
+        );
+        assert_eq!(
+            key(&cfg, "127.0.0.2"),
+            "HEAD /check?m=POST \nx-peer: 127.0.0.2\nx-path: /mcp"
+        );
+    }
+
+    #[test]
+    fn configured_key_replaces_the_default() {
+        let cfg = ext_authz(
+            r#"
+binds:
+- port: 0
+  listeners:
+  - routes:
+    - policies:
+        extAuthz:
+          host: 127.0.0.1:1
+          protocol:
+            http:
+              path: '"/whois?addr=" + source.address + "&p=" + request.path'
+          cache: {key: source.address}
+        directResponse: {body: ok, status: 200}
+"#,
+        );
+        assert_eq!(key(&cfg, "127.0.0.3"), "127.0.0.3");
+    }
 }

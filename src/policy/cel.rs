@@ -46,6 +46,8 @@ struct Compiled {
     source: String,
     program: Program,
     fast: Option<Vec<Part>>,
+    /// `K` when the expression is exactly `extauthz.K`.
+    extauthz_key: Option<String>,
 }
 
 /// Per-request inputs, borrowed from the request being served.
@@ -139,17 +141,32 @@ impl Expr {
             return Err(check.errors.join("; "));
         }
         let fast = fast_path(program.expression());
+        let extauthz_key = match &program.expression().expr {
+            Node::Select(s) if !s.test => match &s.operand.expr {
+                Node::Ident(v) if v == "extauthz" => Some(s.field.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
         Ok(Expr {
             inner: Arc::new(Compiled {
                 source: src.to_owned(),
                 program,
                 fast,
+                extauthz_key,
             }),
         })
     }
 
     pub fn source(&self) -> &str {
         &self.inner.source
+    }
+
+    /// `K` when the expression is exactly `extauthz.K`: the access log reads
+    /// such a field from the metadata without the interpreter (with the same
+    /// result: the value, or nothing when absent).
+    pub fn extauthz_key(&self) -> Option<&str> {
+        self.inner.extauthz_key.as_deref()
     }
 
     /// Whether evaluation bypasses the interpreter.
@@ -1387,6 +1404,44 @@ mod tests {
         assert_eq!(base64(b"ab"), "YWI=");
         assert_eq!(base64(b"abc"), "YWJj");
         assert_eq!(base64(b"a"), "YQ==");
+    }
+
+    /// `extauthz.K` is read from the metadata directly; the interpreter
+    /// gives the same value, and an error where the key or metadata is absent.
+    #[test]
+    fn extauthz_key_agrees_with_interpreter() {
+        let meta = vec![
+            (
+                "node".to_string(),
+                Value::String("laptop.tail.ts.net.".into()),
+            ),
+            ("id".to_string(), Value::Int(7)),
+        ];
+        for (src, key) in [
+            ("extauthz.node", Some("node")),
+            ("extauthz.id", Some("id")),
+            ("extauthz.missing", Some("missing")),
+            ("extauthz.node + ''", None),
+            ("extauthz['node']", None),
+            ("has(extauthz.node)", None),
+            ("source.address", None),
+        ] {
+            let e = Expr::compile(src, &["extauthz", "source"]).unwrap();
+            assert_eq!(e.extauthz_key(), key, "{src}");
+            let Some(key) = key else { continue };
+            for extauthz in [Some(meta.as_slice()), None] {
+                let vars = Vars {
+                    extauthz,
+                    ..Vars::default()
+                };
+                let direct = extauthz.and_then(|m| m.iter().find(|(k, _)| k == key));
+                match (e.eval(&vars), direct) {
+                    (Ok(v), Some((_, want))) => assert_eq!(&v, want, "{src}"),
+                    (Err(_), None) => {}
+                    (got, want) => panic!("{src}: interpreter {got:?}, direct {want:?}"),
+                }
+            }
+        }
     }
 
     /// The fast path must agree with the interpreter on every input.
