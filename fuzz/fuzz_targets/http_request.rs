@@ -50,16 +50,20 @@ fn limits(sel: u8) -> Limits {
     }
 }
 
-/// Serves `data` arriving as `arrivals` (bytes received after each read).
+/// Serves `data` arriving as `arrivals` (bytes received after each read),
+/// with a buffer that is compacted between reads as the connection does.
 fn serve(data: &[u8], arrivals: &[usize], limits: &Limits) -> Vec<Event> {
     let mut events = Vec::new();
-    let mut start = 0;
+    let mut buf = Vec::new();
+    let mut fed = 0;
     let mut read = 0;
+    let mut reader = RequestReader::default();
     loop {
-        let mut reader = RequestReader::default();
+        reader.reset();
         loop {
-            let buf = &data[start..arrivals[read]];
-            match reader.poll(buf, limits) {
+            buf.extend_from_slice(&data[fed..arrivals[read]]);
+            fed = arrivals[read];
+            match reader.poll(&buf, limits) {
                 Err(e) => {
                     assert!(REFUSALS.contains(&e.status), "status {}", e.status);
                     assert!(!e.reason.is_empty());
@@ -67,7 +71,9 @@ fn serve(data: &[u8], arrivals: &[usize], limits: &Limits) -> Vec<Event> {
                     return events;
                 }
                 Ok(Some(n)) => {
-                    let ev = check_request(&reader, buf, n, limits);
+                    // Compaction only ever dropped decoded chunk bytes.
+                    assert_eq!(&buf[n..], &data[fed - (buf.len() - n)..fed]);
+                    let ev = check_request(&reader, &buf, n, reader.discarded(), limits);
                     let keep_alive = matches!(
                         ev,
                         Event::Request {
@@ -76,7 +82,7 @@ fn serve(data: &[u8], arrivals: &[usize], limits: &Limits) -> Vec<Event> {
                         }
                     );
                     events.push(ev);
-                    start += n;
+                    buf.drain(..n);
                     if !keep_alive {
                         return events;
                     }
@@ -86,13 +92,22 @@ fn serve(data: &[u8], arrivals: &[usize], limits: &Limits) -> Vec<Event> {
                     events.push(Event::Incomplete);
                     return events;
                 }
-                Ok(None) => read += 1,
+                Ok(None) => {
+                    reader.compact(&mut buf);
+                    read += 1;
+                }
             }
         }
     }
 }
 
-fn check_request(reader: &RequestReader, buf: &[u8], consumed: usize, limits: &Limits) -> Event {
+fn check_request(
+    reader: &RequestReader,
+    buf: &[u8],
+    consumed: usize,
+    discarded: usize,
+    limits: &Limits,
+) -> Event {
     let head = reader.head().expect("a complete request has a head");
     assert!(head.len <= consumed && consumed <= buf.len());
     let head_bytes = &buf[..head.len];
@@ -185,11 +200,15 @@ fn check_request(reader: &RequestReader, buf: &[u8], consumed: usize, limits: &L
     match head.body {
         BodyKind::Empty => assert!(body.is_empty() && consumed == head.len),
         BodyKind::Length(n) => assert!(body.len() as u64 == n && consumed == head.len + body.len()),
-        BodyKind::Chunked => assert!(consumed > head.len),
+        BodyKind::Chunked => assert!(consumed + discarded > head.len),
+    }
+    if head.body != BodyKind::Chunked {
+        assert_eq!(discarded, 0, "only chunked bodies are compacted");
     }
     Event::Request {
         head_len: head.len,
-        consumed,
+        // Bytes of the stream the request took, whatever was compacted.
+        consumed: consumed + discarded,
         method,
         target,
         path,
