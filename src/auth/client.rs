@@ -17,6 +17,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -230,6 +231,10 @@ pub struct ClientStats {
     pub reuses: u64,
     /// Pooled connections found closed, whose call was retried once.
     pub stale_retries: u64,
+    /// Pooled connections dropped at checkout because the server had closed
+    /// them or sent bytes nobody asked for (an answer to no request must
+    /// never be read as the answer to the next one).
+    pub unclean_idle: u64,
 }
 
 enum Stream {
@@ -238,6 +243,23 @@ enum Stream {
 }
 
 impl Stream {
+    /// True when nothing is readable and the peer has not hung up: the state
+    /// a connection must be in between an answer and the next request.
+    fn is_quiet(&self) -> bool {
+        let fd = match self {
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tcp(s) => s.as_raw_fd(),
+        };
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout; the fd is owned by `self`.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n == 0
+    }
+
     async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         match self {
             Stream::Unix(s) => s.read(buf).await,
@@ -348,9 +370,13 @@ impl AuthzClient {
         let mut idle = self.idle.borrow_mut();
         // Most recently used first: the least likely to have been closed.
         while let Some(c) = idle.pop() {
-            if c.since.elapsed() < self.cfg.idle_timeout {
+            if c.since.elapsed() >= self.cfg.idle_timeout {
+                continue;
+            }
+            if c.conn.stream.is_quiet() {
                 return Some(c.conn);
             }
+            self.bump(|s| s.unclean_idle += 1);
         }
         None
     }
