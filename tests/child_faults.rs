@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -18,6 +18,7 @@ use support::*;
 
 const ALICE: &str = "127.0.0.2";
 const BOB: &str = "127.0.0.3";
+const CAROL: &str = "127.0.0.4";
 const STOP_GRACE: Duration = Duration::from_millis(300);
 /// `config.mcp.requestTimeout` in the hanging-child test (the others keep
 /// the default, 60 s): long enough for server-everything to start on a
@@ -385,5 +386,61 @@ fn a_child_ignoring_sigterm_is_killed_after_the_grace_periods() {
     fresh_session_served(&p, 7, "ignore-term");
     assert!(wait_until(WAIT, || zombies_of(p.pid()).is_empty()));
     assert!(p.is_running());
+    stop(p);
+}
+
+/// Client connections open while a child is spawned (the pool refills as a
+/// session takes its child, during the `initialize` request) must not leak
+/// into the child: it would hold them open after the proxy closes them, and
+/// it could read and write other clients' traffic.
+#[test]
+fn children_inherit_no_descriptor_but_their_stdio() {
+    let p = start("hang", "");
+    // Several connections open at once while sessions take children.
+    let mut held: Vec<_> = (0..3)
+        .map(|_| send_from(CAROL, &p, b"GET /nowhere HTTP/1.1\r\nHost: gw\r\n"))
+        .collect();
+    let s = send_from(
+        ALICE,
+        &p,
+        post_bytes("/fault", None, &init_body("2025-06-18")).as_bytes(),
+    );
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let resp = read_response(&mut r).expect("initialize answered");
+    assert_eq!(resp.status, 200);
+    assert!(
+        closed_after(&mut r),
+        "the initialize connection is closed once the client is done"
+    );
+    let sid = resp.header("mcp-session-id").unwrap().to_string();
+    let _ = initialize(&p, BOB, "/mcp");
+    assert!(wait_until(WAIT, || live_children(&p) == 4));
+    for (child, _) in children_of(p.pid()) {
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{child}/fd"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        std::fs::read_link(e.path())
+                            .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+                    })
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let extra: Vec<&String> = fds
+            .iter()
+            .filter(|f| !["0", "1", "2"].contains(&f.as_str()))
+            .collect();
+        assert!(
+            extra.is_empty(),
+            "child {child} holds sockets besides its stdio: fds {extra:?}"
+        );
+    }
+    for h in &mut held {
+        h.write_all(b"\r\n").unwrap();
+    }
+    drop(held);
+    assert_eq!(delete(&p, ALICE, "/fault", &sid).status, 200);
     stop(p);
 }
