@@ -68,26 +68,12 @@ fn baseline(p: &Proxy) -> Baseline {
         "pools refilled: {:?}",
         children_of(p.pid())
     );
-    let fds = settled_fds(p);
+    let fds = settled_fd_count(p.pid());
     Baseline {
         everything,
         children: 3,
         fds,
     }
-}
-
-/// The descriptor count once it stops changing (connections closing).
-fn settled_fds(p: &Proxy) -> usize {
-    let mut last = fd_count(p.pid());
-    for _ in 0..50 {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = fd_count(p.pid());
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-    last
 }
 
 /// After a fault: the fault child is gone (not even a zombie), the other

@@ -483,3 +483,34 @@ pub fn raise_nofile_limit() -> u64 {
     }
     lim.rlim_cur
 }
+
+/// The descriptor count of `pid` once it stops changing for 300 ms
+/// (connections still closing), polled for at most 5 s.
+pub fn settled_fd_count(pid: u32) -> usize {
+    let mut last = fd_count(pid);
+    let mut stable = 0;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = fd_count(pid);
+        if now == last {
+            stable += 1;
+            if stable == 3 {
+                break;
+            }
+        } else {
+            stable = 0;
+            last = now;
+        }
+    }
+    last
+}
+
+/// Like [`request_from`], for a server that may answer and close before
+/// the request is fully sent (503 at the connection limit): write and
+/// half-close errors are ignored; `None` if no response could be read.
+pub fn request_tolerant(src: &str, addr: SocketAddr, req: &str) -> Option<Resp> {
+    let mut s = connect_from(src, addr);
+    let _ = s.write_all(req.as_bytes());
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    read_response(&mut BufReader::new(s))
+}
