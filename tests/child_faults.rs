@@ -23,7 +23,7 @@ const STOP_GRACE: Duration = Duration::from_millis(300);
 /// `config.mcp.requestTimeout` in the hanging-child test (the others keep
 /// the default, 60 s): long enough for server-everything to start on a
 /// loaded machine, since an `initialize` has the same deadline.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// A proxy with server-everything on /mcp and the fault server in `mode` on
 /// /fault; `mcp` adds `config.mcp` keys.
@@ -164,46 +164,53 @@ fn a_child_crashing_mid_call_fails_the_call_and_ends_its_session() {
     stop(p);
 }
 
+/// A call on its own connection that may wait past `WAIT` (up to the
+/// request deadline plus `WAIT`).
+fn patient_call(p: &Proxy, sid: &str, id: u64, tool: &str, args: serde_json::Value) -> Resp {
+    let s = send_from(
+        ALICE,
+        p,
+        post_bytes("/fault", Some(sid), &call_body(id, tool, args)).as_bytes(),
+    );
+    s.set_read_timeout(Some(REQUEST_TIMEOUT + WAIT)).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    read_response(&mut std::io::BufReader::new(s)).expect("an answer")
+}
+
 #[test]
 fn a_hanging_child_gets_its_request_timed_out_and_cancelled() {
-    let mut p = start("hang", ", requestTimeout: 4s");
+    let mut p = start(
+        "hang",
+        &format!(", requestTimeout: {}s", REQUEST_TIMEOUT.as_secs()),
+    );
     let base = baseline(&p);
     let sid = initialize(&p, ALICE, "/fault");
     let pid = session_pid(&p, &sid);
-    let (r, took) = timed(|| call(&p, ALICE, "/fault", &sid, 5, "wait", json!({})));
-    let (code, msg) = error_of(&r, 5);
-    assert_eq!((code, msg.as_str()), (-32001, "Request timed out"));
-    assert!(
-        took >= REQUEST_TIMEOUT && took < WAIT,
-        "answered at the deadline, not before nor never: {took:?}"
-    );
+    // Two calls at once: one the child ignores, one it answers only after
+    // the deadline (the child is busy sleeping meanwhile).
+    let late_delay = REQUEST_TIMEOUT.as_secs() + 2;
+    let (r5, r7) = std::thread::scope(|scope| {
+        let wait = scope.spawn(|| timed(|| patient_call(&p, &sid, 5, "wait", json!({}))));
+        let late = scope
+            .spawn(|| timed(|| patient_call(&p, &sid, 7, "late", json!({"delay": late_delay}))));
+        (wait.join().unwrap(), late.join().unwrap())
+    });
+    for ((r, took), id) in [(r5, 5), (r7, 7)] {
+        let (code, msg) = error_of(&r, id);
+        assert_eq!((code, msg.as_str()), (-32001, "Request timed out"), "{id}");
+        assert!(
+            took >= REQUEST_TIMEOUT && took < REQUEST_TIMEOUT + WAIT,
+            "{id} answered at the deadline, not before nor never: {took:?}"
+        );
+    }
     let line = p
         .wait_log(|l| l.contains("fault-server: cancelled 5"))
         .expect("the child was sent notifications/cancelled for request 5");
     assert_eq!(field(&line, "pid"), Some(pid.to_string()), "{line}");
-    // The session outlives a timed-out request.
-    let r = call(
-        &p,
-        ALICE,
-        "/fault",
-        &sid,
-        6,
-        "ok",
-        json!({"message":"alive"}),
-    );
-    assert_eq!(answer_text(&r, 6).as_deref(), Some("ok:alive"));
-    // An answer that comes after the deadline is dropped, not misrouted.
-    let r = call(&p, ALICE, "/fault", &sid, 7, "late", json!({"delay": 5}));
-    assert_eq!(error_of(&r, 7).0, -32001);
-    let r = call(
-        &p,
-        ALICE,
-        "/fault",
-        &sid,
-        8,
-        "ok",
-        json!({"message":"after"}),
-    );
+    // The session outlives timed-out requests, and the late answer to 7
+    // (written when the child wakes up, before it reads this call) is
+    // dropped, not taken for another answer.
+    let r = patient_call(&p, &sid, 8, "ok", json!({"message":"after"}));
     assert_eq!(
         answer_text(&r, 8).as_deref(),
         Some("ok:after"),
