@@ -61,6 +61,7 @@ pub const DEFAULT_POOL_MAX_LIVE: usize = 64;
 pub const DEFAULT_MAX_BUFFERED_MESSAGES: usize = 256;
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_STOP_GRACE_MS: u64 = 2_000;
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 60_000;
 
 /// `config.mcp` (ringgate extension): sessions and the child pool.
 #[derive(Debug, Clone)]
@@ -77,6 +78,10 @@ pub struct McpSettings {
     pub max_line_bytes: usize,
     /// Each step of a child's shutdown (stdin closed, SIGTERM) waits this long.
     pub stop_grace: Duration,
+    /// A request the child has not answered this long after it was sent (or
+    /// after its last progress notification) gets a JSON-RPC error, and the
+    /// child gets `notifications/cancelled` for it.
+    pub request_timeout: Duration,
 }
 
 impl Default for McpSettings {
@@ -88,6 +93,7 @@ impl Default for McpSettings {
             max_buffered_messages: DEFAULT_MAX_BUFFERED_MESSAGES,
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             stop_grace: Duration::from_millis(DEFAULT_STOP_GRACE_MS),
+            request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
         }
     }
 }

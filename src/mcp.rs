@@ -357,6 +357,7 @@ impl McpWorker {
             writer,
             handle,
             self.settings.max_buffered_messages,
+            self.settings.request_timeout,
         );
         self.sessions
             .borrow_mut()
@@ -394,21 +395,24 @@ impl McpWorker {
         }
     }
 
+    /// Ends idle sessions, fails requests past their deadline, and removes
+    /// sessions that ended without their child exiting (a child that stopped
+    /// reading its input, an initialize that timed out).
     async fn sweep_idle(self: Rc<Self>) {
         let ttl = self.settings.session_idle_timeout;
-        let every = (ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+        let every = (ttl / 4)
+            .min(self.settings.request_timeout / 10)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
         loop {
             monoio::time::sleep(every).await;
             let now = Instant::now();
-            let idle: Vec<Rc<Session>> = self
-                .sessions
-                .borrow()
-                .values()
-                .filter(|s| s.idle_since().is_some_and(|t| now.duration_since(t) >= ttl))
-                .cloned()
-                .collect();
-            for s in idle {
-                self.remove(&s, "idle timeout");
+            let all: Vec<Rc<Session>> = self.sessions.borrow().values().cloned().collect();
+            for s in all {
+                if s.idle_since().is_some_and(|t| now.duration_since(t) >= ttl) {
+                    self.remove(&s, "idle timeout");
+                } else if s.expire_overdue(now) {
+                    self.remove(&s, "ended");
+                }
             }
         }
     }

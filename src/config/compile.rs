@@ -146,6 +146,7 @@ fn mcp_settings(node: Node, s: &mut McpSettings, errs: &mut ConfigErrors) {
         "maxBufferedMessages",
         "maxLineBytes",
         "stopGrace",
+        "requestTimeout",
     ];
     let Some(m) = node.map(errs, &keys) else {
         return;
@@ -174,6 +175,11 @@ fn mcp_settings(node: Node, s: &mut McpSettings, errs: &mut ConfigErrors) {
     if let Some((v, p)) = m.get("stopGrace") {
         if let Some(d) = Node::new(v, &p).duration(errs) {
             s.stop_grace = d;
+        }
+    }
+    if let Some((v, p)) = m.get("requestTimeout") {
+        if let Some(d) = Node::new(v, &p).duration(errs) {
+            s.request_timeout = d;
         }
     }
 }

@@ -195,6 +195,31 @@ binds:
 }
 
 #[test]
+fn mcp_request_timeout_parses_and_defaults() {
+    let base = "binds:\n- port: 0\n  listeners: [{name: x}]\n";
+    let cfg = Config::from_yaml(base).unwrap();
+    assert_eq!(
+        cfg.mcp.request_timeout,
+        Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS)
+    );
+    let cfg = Config::from_yaml(&format!(
+        "config:\n  mcp: {{requestTimeout: 1500ms}}\n{base}"
+    ))
+    .unwrap();
+    assert_eq!(cfg.mcp.request_timeout, Duration::from_millis(1500));
+    for bad in ["0s", "soon", "-1"] {
+        let errs = errors(&format!(
+            "config:\n  mcp: {{requestTimeout: {bad}}}\n{base}"
+        ));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("config.mcp.requestTimeout: ")),
+            "{bad}: {errs:?}"
+        );
+    }
+}
+
+#[test]
 fn listener_hostnames() {
     let l = Listener {
         name: "x".into(),

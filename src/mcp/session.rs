@@ -10,11 +10,18 @@
 //!
 //! A child that exits, or writes a line that is not JSON-RPC, ends the
 //! session: every in-flight request gets a JSON-RPC error at once.
+//!
+//! Deadlines: a request the child leaves unanswered for `requestTimeout`
+//! (counted from when it was sent, or from its last progress notification)
+//! gets a JSON-RPC error on its stream, and the child gets
+//! `notifications/cancelled` for it; a late answer is dropped. The worker's
+//! sweeper calls [`Session::expire_overdue`]. A child that does not take a
+//! line on its stdin within the same timeout ends the session.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -25,6 +32,11 @@ use crate::pool::{ChildHandle, ChildReader, ChildWriter};
 /// Pieces a POST's stream may hold before the child's reader waits for the
 /// client to read (backpressure onto that session's own child only).
 pub const POST_STREAM_DEPTH: usize = 256;
+/// Ids of timed-out requests remembered per session, so that the child's
+/// late answers are dropped rather than sent to the GET stream.
+const CANCELLED_IDS_KEPT: usize = 64;
+/// JSON-RPC error code of a request that timed out (the code the MCP SDKs use).
+pub const REQUEST_TIMEOUT: i64 = -32001;
 
 /// A POST's SSE stream, shared by the requests it carried; it closes when
 /// the last of them is answered (the last `Rc` drops the sender).
@@ -35,6 +47,9 @@ pub struct PostStream {
 struct Pending {
     stream: Rc<PostStream>,
     progress: Option<String>,
+    /// When it times out; pushed back by each of its progress notifications.
+    deadline: Instant,
+    initialize: bool,
 }
 
 struct State {
@@ -46,6 +61,8 @@ struct State {
     last_active: Instant,
     protocol: Option<String>,
     ended: bool,
+    /// Timed-out request ids whose late answers are to be dropped.
+    cancelled: VecDeque<String>,
 }
 
 pub struct Session {
@@ -58,6 +75,7 @@ pub struct Session {
     handle: ChildHandle,
     state: RefCell<State>,
     max_backlog: usize,
+    request_timeout: Duration,
     /// Server-to-client messages dropped because no GET stream took them.
     pub overflow: Cell<u64>,
 }
@@ -78,6 +96,7 @@ impl Session {
         writer: ChildWriter,
         handle: ChildHandle,
         max_backlog: usize,
+        request_timeout: Duration,
     ) -> Rc<Session> {
         Rc::new(Session {
             id,
@@ -93,8 +112,10 @@ impl Session {
                 last_active: Instant::now(),
                 protocol: None,
                 ended: false,
+                cancelled: VecDeque::new(),
             }),
             max_backlog,
+            request_timeout,
             overflow: Cell::new(0),
         })
     }
@@ -130,7 +151,8 @@ impl Session {
             if st.ended {
                 return Err(PostError::Ended);
             }
-            st.last_active = Instant::now();
+            let now = Instant::now();
+            st.last_active = now;
             let mut stream = None;
             for m in messages {
                 if let Kind::Request { id, .. } = &m.kind {
@@ -142,7 +164,10 @@ impl Session {
             let mut rx = None;
             for m in messages {
                 if let Kind::Request {
-                    id, progress_token, ..
+                    id,
+                    progress_token,
+                    method,
+                    ..
                 } = &m.kind
                 {
                     let s = stream.get_or_insert_with(|| {
@@ -158,6 +183,8 @@ impl Session {
                         Pending {
                             stream: s.clone(),
                             progress: progress_token.clone(),
+                            deadline: now + self.request_timeout,
+                            initialize: method == "initialize",
                         },
                     );
                 }
@@ -165,9 +192,28 @@ impl Session {
             rx
         };
         for m in messages {
-            if self.writer.send(m.line.as_bytes()).await.is_err() {
-                // The reader sees the child's end and fails what is pending.
-                return Err(PostError::Ended);
+            let sent =
+                monoio::time::timeout(self.request_timeout, self.writer.send(m.line.as_bytes()))
+                    .await;
+            match sent {
+                Ok(Ok(())) => {}
+                // The child is gone: the reader sees its end, fails what is
+                // pending and removes the session.
+                Ok(Err(_)) if self.handle.try_exit().is_some() => return Err(PostError::Ended),
+                // Its stdin is closed or half a line is on it: nothing more
+                // can be framed; the worker's sweeper removes the session.
+                Ok(Err(_)) => {
+                    self.end("MCP server input failed");
+                    return Err(PostError::Ended);
+                }
+                Err(_) => {
+                    warn!(
+                        session = &*self.id,
+                        "MCP server did not read its input in time"
+                    );
+                    self.end("MCP server stopped reading its input");
+                    return Err(PostError::Ended);
+                }
             }
         }
         Ok(stream)
@@ -211,6 +257,15 @@ impl Session {
         let target = {
             let mut st = self.state.borrow_mut();
             match out {
+                Outgoing::Response { id } if !st.pending.contains_key(&id) => {
+                    if let Some(i) = st.cancelled.iter().position(|c| *c == id) {
+                        // The answer to a request that timed out: its client
+                        // already has an error, and the child was told.
+                        st.cancelled.remove(i);
+                        return true;
+                    }
+                    None
+                }
                 Outgoing::Response { id } => match st.pending.remove(&id) {
                     Some(p) => {
                         st.last_active = Instant::now();
@@ -228,11 +283,20 @@ impl Session {
                 },
                 Outgoing::Notification {
                     progress: Some(t), ..
-                } => st
-                    .progress
-                    .get(&t)
-                    .and_then(|id| st.pending.get(id))
-                    .map(|p| p.stream.clone()),
+                } => {
+                    let deadline = Instant::now() + self.request_timeout;
+                    let State {
+                        progress, pending, ..
+                    } = &mut *st;
+                    progress
+                        .get(&t)
+                        .and_then(|id| pending.get_mut(id))
+                        .map(|p| {
+                            // Progress shows the child is working on it.
+                            p.deadline = deadline;
+                            p.stream.clone()
+                        })
+                }
                 _ => None,
             }
         };
@@ -272,6 +336,72 @@ impl Session {
         st.backlog.push_back(event);
     }
 
+    /// Fails every request whose deadline has passed: a JSON-RPC error on its
+    /// stream, `notifications/cancelled` to the child (in the background,
+    /// bounded by the request timeout). An `initialize` that timed out ends
+    /// the session, since nothing can follow it. Returns true when the
+    /// session has ended (the caller removes it and stops the child).
+    pub fn expire_overdue(&self, now: Instant) -> bool {
+        let (expired, initialize) = {
+            let mut st = self.state.borrow_mut();
+            if st.ended {
+                return true;
+            }
+            if !st.pending.values().any(|p| p.deadline <= now) {
+                return false;
+            }
+            let ids: Vec<String> = st
+                .pending
+                .iter()
+                .filter(|(_, p)| p.deadline <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            let mut expired = Vec::with_capacity(ids.len());
+            let mut initialize = false;
+            for id in ids {
+                let p = st.pending.remove(&id).expect("listed above");
+                if let Some(t) = &p.progress {
+                    st.progress.remove(t);
+                }
+                initialize |= p.initialize;
+                if st.cancelled.len() >= CANCELLED_IDS_KEPT {
+                    st.cancelled.pop_front();
+                }
+                st.cancelled.push_back(id.clone());
+                expired.push((id, p));
+            }
+            (expired, initialize)
+        };
+        let timeout_ms = self.request_timeout.as_millis() as u64;
+        let mut cancels = Vec::with_capacity(expired.len());
+        for (id, p) in expired {
+            warn!(
+                session = &*self.id,
+                request.id = %id,
+                timeout_ms,
+                "MCP request timed out; cancelling it"
+            );
+            let line = jsonrpc::error_line(Some(&id), REQUEST_TIMEOUT, "Request timed out");
+            let _ = p.stream.tx.try_send(sse::event(line.as_bytes()));
+            cancels.push(cancelled_line(&id));
+        }
+        if initialize {
+            self.end("MCP server did not answer initialize in time");
+            return true;
+        }
+        let writer = self.writer.clone();
+        let limit = self.request_timeout;
+        monoio::spawn(async move {
+            for line in cancels {
+                match monoio::time::timeout(limit, writer.send(line.as_bytes())).await {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                }
+            }
+        });
+        false
+    }
+
     /// Ends the session: every pending request gets a JSON-RPC error, every
     /// stream closes. The caller stops the child.
     pub fn end(&self, reason: &str) {
@@ -297,6 +427,13 @@ impl Session {
             let _ = p.stream.tx.try_send(sse::event(line.as_bytes()));
         }
     }
+}
+
+/// The `notifications/cancelled` line for the request `id` (canonical JSON).
+fn cancelled_line(id: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{id},"reason":"request timed out at the proxy"}}}}"#
+    )
 }
 
 /// Reads the child's stdout until it ends, routing each line; then ends the

@@ -129,6 +129,7 @@ impl Child {
             .stdout(Stdio::from(OwnedFd::from(theirs_out)))
             .stderr(Stdio::from(OwnedFd::from(err_theirs)))
             .process_group(0);
+        reaper::inherit_only_stdio(&mut cmd);
         let spawned = cmd.spawn();
         // Our copies of the child's ends must close now, or we would never
         // see EOF when the child exits.

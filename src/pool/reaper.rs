@@ -7,7 +7,9 @@
 //! `waitid(.., WNOWAIT)` (to see that the leader exited *without* reaping it:
 //! while the leader is an unreaped zombie its pid, and so the group id, cannot
 //! be reused, which makes the group kill that follows safe), and
-//! `shutdown(fd, SHUT_WR)` on a socket that another task may be writing to.
+//! `shutdown(fd, SHUT_WR)` on a socket that another task may be writing to;
+//! and a `pre_exec` hook that keeps every descriptor but stdio from leaking
+//! into a child (see [`inherit_only_stdio`]).
 //!
 //! Orphans: a child whose handle is dropped without `stop` is killed at once
 //! (SIGKILL to its group) and parked here with its live-count slot. Nothing
@@ -119,6 +121,61 @@ pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Makes `cmd`'s child inherit only its stdio (fds 0-2). Whatever else the
+/// proxy holds when it forks (client connections accepted without
+/// `SOCK_CLOEXEC`, listeners, other children's sockets) is marked
+/// close-on-exec in the child just before exec: a child holding a client's
+/// socket would keep that connection open after the proxy closed it, and
+/// could read or write another client's traffic. Marking instead of closing
+/// keeps std's own exec-error pipe working (it is close-on-exec already).
+pub(crate) fn inherit_only_stdio(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the forked child before exec and makes only
+    // raw syscalls (close_range, getrlimit, fcntl), which are async-signal-safe;
+    // it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            mark_cloexec_above_stdio();
+            Ok(())
+        });
+    }
+}
+
+fn mark_cloexec_above_stdio() {
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only changes fd flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return;
+    }
+    // Kernels before 5.11: every descriptor up to the soft limit.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into the struct we pass.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur.min(1 << 20) as libc::c_int
+    } else {
+        4096
+    };
+    for fd in 3..max {
+        // SAFETY: fcntl on a descriptor that may not exist fails with EBADF.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
 }
 
 struct Orphan {

@@ -193,7 +193,25 @@ impl FakeBuilder {
         self
     }
 
-    pub fn start(mut self) -> FakeTailscaled {
+    pub fn start(self) -> FakeTailscaled {
+        let dir = make_temp_dir();
+        let path = dir.join("tailscaled.sock");
+        self.launch(dir, path)
+    }
+
+    /// Starts on a chosen socket path, as a daemon restarting in place of
+    /// another: creates the path's directory if it is missing (the old
+    /// fake removes its own when dropped) and removes it when dropped.
+    pub fn start_at(self, path: &Path) -> FakeTailscaled {
+        let dir = path
+            .parent()
+            .expect("a socket path in a directory")
+            .to_path_buf();
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        self.launch(dir, path.to_path_buf())
+    }
+
+    fn launch(mut self, dir: PathBuf, path: PathBuf) -> FakeTailscaled {
         let mut user_ids: HashMap<String, u64> = HashMap::new();
         for (i, node) in self.nodes.iter_mut().enumerate() {
             if node.id == 0 {
@@ -209,8 +227,6 @@ impl FakeBuilder {
             .iter()
             .map(|n| (n.addrs.clone(), whois_json(n)))
             .collect();
-        let dir = make_temp_dir();
-        let path = dir.join("tailscaled.sock");
         let fake = FakeTailscaled {
             shared: Arc::new(Shared {
                 nodes,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_tailscaled;
+pub mod mcp;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -384,4 +385,132 @@ pub fn exchange_open(addr: SocketAddr, bytes: &[u8]) -> (Vec<Resp>, bool) {
     }
     let closed = closed_after(&mut r);
     (out, closed)
+}
+
+// ---------------------------------------------------------------- /proc
+
+/// A `kB` field of `/proc/PID/status` (`VmHWM`, `VmRSS`...), in KiB.
+pub fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The direct children of `pid` with their state letter (`S`, `R`, `Z`...).
+pub fn children_of(pid: u32) -> Vec<(u32, char)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parens.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        if f.next().and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            out.push((child, state));
+        }
+    }
+    out
+}
+
+/// Children of `pid` that are zombies (exited, not reaped).
+pub fn zombies_of(pid: u32) -> Vec<u32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|(_, s)| *s == 'Z')
+        .map(|(c, _)| c)
+        .collect()
+}
+
+/// Not in the process table at all: neither running nor a zombie.
+pub fn pid_gone(pid: u32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Polls `f` every 20 ms until it holds or `limit` passes; whether it held.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Raises this process's RLIMIT_NOFILE soft limit to its hard limit (the
+/// proxy, started afterwards, inherits it); returns the new soft limit.
+pub fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim = want;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// The descriptor count of `pid` once it stops changing for 300 ms
+/// (connections still closing), polled for at most 5 s.
+pub fn settled_fd_count(pid: u32) -> usize {
+    let mut last = fd_count(pid);
+    let mut stable = 0;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = fd_count(pid);
+        if now == last {
+            stable += 1;
+            if stable == 3 {
+                break;
+            }
+        } else {
+            stable = 0;
+            last = now;
+        }
+    }
+    last
+}
+
+/// Like [`request_from`], for a server that may answer and close before
+/// the request is fully sent (503 at the connection limit): write and
+/// half-close errors are ignored; `None` if no response could be read.
+pub fn request_tolerant(src: &str, addr: SocketAddr, req: &str) -> Option<Resp> {
+    let mut s = connect_from(src, addr);
+    let _ = s.write_all(req.as_bytes());
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    read_response(&mut BufReader::new(s))
 }

@@ -1,0 +1,132 @@
+//! MCP over raw HTTP for the hostile-input tests: requests to any route path,
+//! the real server-everything peer and the fault server script.
+
+use std::io::Write;
+use std::net::TcpStream;
+
+use serde_json::{json, Value};
+
+use super::{connect_from, request_from, Proxy, Resp};
+
+pub const ACCEPT: &str = "application/json, text/event-stream";
+
+/// server-everything's entry point (installed by tests/peers/setup.sh).
+pub fn server_js() -> String {
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/peers/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+    );
+    assert!(
+        std::path::Path::new(p).exists(),
+        "run tests/peers/setup.sh first (scripts/test does)"
+    );
+    p.to_string()
+}
+
+/// The deliberately broken MCP server (see its doc string for the modes).
+pub fn fault_script() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/fault_server.py").to_string()
+}
+
+/// A YAML route (in flow style, for a `routes:` list at 4 spaces) serving
+/// `path` exactly with a stdio MCP target.
+pub fn mcp_route(name: &str, path: &str, cmd: &str, args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "    - name: {name}\n      matches: [{{path: {{exact: {path}}}}}]\n      backends: [{{mcp: {{targets: [{{name: {name}, stdio: {{cmd: {cmd}, args: [{}]}}}}]}}}}]\n",
+        args.join(", ")
+    )
+}
+
+/// The raw bytes of a POST of `body` to `path`.
+pub fn post_bytes(path: &str, session: Option<&str>, body: &Value) -> String {
+    let body = body.to_string();
+    let sid = session.map_or(String::new(), |s| format!("Mcp-Session-Id: {s}\r\n"));
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: gw\r\nAccept: {ACCEPT}\r\nContent-Type: application/json\r\n{sid}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A POST of `body` from `src` to `path`, on its own connection.
+pub fn post(p: &Proxy, src: &str, path: &str, session: Option<&str>, body: &Value) -> Resp {
+    request_from(src, p.addr(), &post_bytes(path, session, body))
+}
+
+pub fn init_body(version: &str) -> Value {
+    json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":version,"capabilities":{},
+        "clientInfo":{"name":"hostile-test","version":"1"}}})
+}
+
+/// initialize + notifications/initialized; the session id.
+pub fn initialize(p: &Proxy, src: &str, path: &str) -> String {
+    let r = post(p, src, path, None, &init_body("2025-06-18"));
+    assert_eq!(r.status, 200, "initialize on {path}: {}", r.text());
+    let events = r.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0]["result"]["serverInfo"]["name"].is_string(),
+        "{events:?}"
+    );
+    let sid = r.header("mcp-session-id").expect("session id").to_string();
+    let n = post(
+        p,
+        src,
+        path,
+        Some(&sid),
+        &json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+    );
+    assert_eq!(n.status, 202, "{}", n.text());
+    sid
+}
+
+pub fn call_body(id: u64, tool: &str, args: Value) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}})
+}
+
+pub fn call(p: &Proxy, src: &str, path: &str, sid: &str, id: u64, tool: &str, args: Value) -> Resp {
+    post(p, src, path, Some(sid), &call_body(id, tool, args))
+}
+
+/// The text of the first content item of the answer with `id` in an SSE body.
+pub fn answer_text(r: &Resp, id: u64) -> Option<String> {
+    r.events()
+        .iter()
+        .find(|e| e["id"] == id)
+        .and_then(|e| e["result"]["content"][0]["text"].as_str())
+        .map(str::to_string)
+}
+
+/// An echo through server-everything that must succeed: the health check of
+/// "other sessions keep being served".
+pub fn assert_echo(p: &Proxy, src: &str, path: &str, sid: &str, id: u64, what: &str) {
+    let msg = format!("still served {id}");
+    let r = call(p, src, path, sid, id, "echo", json!({ "message": msg }));
+    assert_eq!(r.status, 200, "{what}: {}", r.text());
+    let text = answer_text(&r, id).unwrap_or_else(|| panic!("{what}: {:?}", r.events()));
+    assert!(text.contains(&msg), "{what}: {text}");
+}
+
+pub fn delete(p: &Proxy, src: &str, path: &str, sid: &str) -> Resp {
+    request_from(
+        src,
+        p.addr(),
+        &format!("DELETE {path} HTTP/1.1\r\nHost: gw\r\nMcp-Session-Id: {sid}\r\n\r\n"),
+    )
+}
+
+/// Opens a connection from `src` and writes `bytes` on it, without reading.
+pub fn send_from(src: &str, p: &Proxy, bytes: &[u8]) -> TcpStream {
+    let mut s = connect_from(src, p.addr());
+    s.write_all(bytes).unwrap();
+    s
+}
+
+/// The pid of a session's child, from the "session started" log line.
+pub fn session_pid(p: &Proxy, sid: &str) -> u32 {
+    let line = p
+        .wait_log(|l| l.contains("session started") && l.contains(sid))
+        .expect("session start logged");
+    super::field(&line, "pid").unwrap().parse().unwrap()
+}
