@@ -2,6 +2,7 @@
 //! the response, repeat while the connection is kept alive. Every wait has a
 //! deadline from the config; every refusal closes the connection.
 
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -164,6 +165,9 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
 /// How long a stream may stay silent before a keep-alive comment is sent;
 /// the write also finds clients that went away.
 const STREAM_KEEPALIVE: Duration = Duration::from_secs(15);
+/// A write gathers queued pieces up to about this many bytes, so a slow
+/// reader of many large events does not make one huge buffer.
+const MAX_GATHER_BYTES: usize = 256 * 1024;
 /// How long a stream's head waits for the first piece, so that a quick
 /// answer (most MCP calls) leaves in one write: head, event and end.
 const HEAD_HOLD: Duration = Duration::from_millis(5);
@@ -187,6 +191,9 @@ async fn write_stream(
                 // Send whatever else is already waiting in the same write,
                 // and the end too when the last sender is gone.
                 loop {
+                    if out.len() >= MAX_GATHER_BYTES {
+                        break false;
+                    }
                     match rx.try_recv() {
                         Ok(piece) => stream_piece(&mut out, &piece, http10),
                         Err(flume::TryRecvError::Empty) => break false,
@@ -224,7 +231,32 @@ async fn write_stream(
 async fn write(stream: &mut TcpStream, out: Vec<u8>, timeout: Duration) -> Option<Vec<u8>> {
     match monoio::time::timeout(timeout, stream.write_all(out)).await {
         Ok((Ok(_), out)) => Some(out),
-        _ => None,
+        Ok((Err(_), _)) => None,
+        Err(_) => {
+            // A client that stopped reading: close with a reset, so the
+            // kernel drops what is still queued for it instead of keeping
+            // it (megabytes) until the client reads or goes away.
+            reset_on_close(stream);
+            None
+        }
+    }
+}
+
+fn reset_on_close(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd owned by `stream`, and a linger struct of
+    // the size given.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
 

@@ -70,6 +70,8 @@ pub struct Stats {
     pub pool_waits: Cell<u64>,
     pub bytes_in: Cell<u64>,
     pub bytes_out: Cell<u64>,
+    /// Connections over the per-worker limit: told 503, closed unanswered.
+    refused: [Cell<u64>; 2],
 }
 
 impl Default for Stats {
@@ -84,6 +86,7 @@ impl Default for Stats {
             pool_waits: Cell::new(0),
             bytes_in: Cell::new(0),
             bytes_out: Cell::new(0),
+            refused: Default::default(),
         }
     }
 }
@@ -121,6 +124,11 @@ impl Stats {
         bump(&self.bytes_out, sent as u64);
     }
 
+    /// A connection over the limit; `answered` when it was told 503.
+    pub fn refused(&self, answered: bool) {
+        bump(&self.refused[usize::from(!answered)], 1);
+    }
+
     /// Copies the counters; gauges are filled in by the worker.
     pub fn snapshot(&self, worker: usize) -> Snapshot {
         Snapshot {
@@ -143,6 +151,7 @@ impl Stats {
             pool_waits: self.pool_waits.get(),
             bytes_in: self.bytes_in.get(),
             bytes_out: self.bytes_out.get(),
+            refused: [self.refused[0].get(), self.refused[1].get()],
             ..Snapshot::default()
         }
     }
@@ -174,6 +183,8 @@ pub struct Snapshot {
     pub pool_waits: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Over-limit connections answered 503 / closed unanswered.
+    pub refused: [u64; 2],
     pub connections: u64,
     pub sessions: u64,
     pub pools: Vec<PoolFigures>,
@@ -202,6 +213,8 @@ pub fn render(snaps: &[Snapshot], live_children: usize) -> String {
         total.pool_waits += s.pool_waits;
         total.bytes_in += s.bytes_in;
         total.bytes_out += s.bytes_out;
+        total.refused[0] += s.refused[0];
+        total.refused[1] += s.refused[1];
         total.connections += s.connections;
         total.sessions += s.sessions;
         for p in &s.pools {
@@ -226,6 +239,19 @@ pub fn render(snaps: &[Snapshot], live_children: usize) -> String {
             o,
             "ringgate_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
             escape(route)
+        );
+    }
+    head(
+        &mut o,
+        "ringgate_connections_refused_total",
+        "counter",
+        "Connections over maxConnectionsPerWorker: answered 503, or closed unanswered during a flood.",
+    );
+    for (i, answered) in ["true", "false"].iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "ringgate_connections_refused_total{{answered=\"{answered}\"}} {}",
+            total.refused[i]
         );
     }
     histogram(

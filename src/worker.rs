@@ -59,6 +59,8 @@ pub struct Worker {
     pub id: WorkerId,
     pub driver: &'static str,
     pub connections: Cell<usize>,
+    /// Connections over the limit still being told 503.
+    refusing: Rc<Cell<usize>>,
     /// The config new connections get; replaced on reload.
     pub generation: RefCell<Rc<Generation>>,
     pub mcp: Rc<McpWorker>,
@@ -304,6 +306,7 @@ async fn worker_main(
         id,
         driver,
         connections: Cell::new(0),
+        refusing: Rc::default(),
         generation: RefCell::new(gen),
         mcp,
         drain: Drain::default(),
@@ -380,6 +383,9 @@ impl Worker {
     }
 }
 
+/// Connections over the limit answered 503 at once, per worker.
+const MAX_REFUSING: usize = 64;
+
 async fn accept_loop(listener: Rc<TcpListener>, bind: usize, worker: Rc<Worker>) {
     loop {
         let accepted = monoio::select! {
@@ -397,7 +403,19 @@ async fn accept_loop(listener: Rc<TcpListener>, bind: usize, worker: Rc<Worker>)
         };
         let gen = worker.generation.borrow().clone();
         if worker.connections.get() >= gen.config.limits.max_connections_per_worker {
-            monoio::spawn(conn::overloaded(stream));
+            // Each refusal holds its socket for up to a second; past a
+            // bound, a flood's connections are closed without an answer.
+            let refusing = worker.refusing.clone();
+            if refusing.get() < MAX_REFUSING {
+                refusing.set(refusing.get() + 1);
+                worker.stats.refused(true);
+                monoio::spawn(async move {
+                    conn::overloaded(stream).await;
+                    refusing.set(refusing.get() - 1);
+                });
+            } else {
+                worker.stats.refused(false);
+            }
             continue;
         }
         let _ = stream.set_nodelay(true);

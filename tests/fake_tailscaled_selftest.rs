@@ -267,9 +267,9 @@ fn error_answers_are_go_text() {
 fn a_miss_with_a_port_is_slow() {
     let fake = fake();
     let mut c = Client::connect(&fake);
-    let t = Instant::now();
     assert_eq!(c.whois("100.64.0.99").status, 404);
-    assert!(t.elapsed() < Duration::from_millis(100));
+    // Only the lower bound is checked: a sleep guarantees it, while an upper
+    // bound on the fast case would fail on a busy machine.
     let t = Instant::now();
     assert_eq!(c.whois("100.64.0.99:1234").status, 404);
     assert!(t.elapsed() >= Duration::from_millis(150));
