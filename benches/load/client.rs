@@ -336,7 +336,7 @@ impl HttpConn {
 }
 
 /// One complete response at the start of `buf`: (bytes used, response).
-fn parse_response(buf: &[u8]) -> Result<Option<(usize, Resp)>, String> {
+pub fn parse_response(buf: &[u8]) -> Result<Option<(usize, Resp)>, String> {
     let mut slots = [httparse::EMPTY_HEADER; 32];
     let mut r = httparse::Response::new(&mut slots);
     let head = match r.parse(buf) {
@@ -533,22 +533,22 @@ impl HttpClient {
 /// The protocol revision the bench asks for.
 pub const PROTOCOL: &str = "2025-06-18";
 
-fn initialize_body(id: u64) -> String {
+pub fn initialize_body(id: u64) -> String {
     format!(
         r#"{{"jsonrpc":"2.0","id":{id},"method":"initialize","params":{{"protocolVersion":"{PROTOCOL}","capabilities":{{}},"clientInfo":{{"name":"ringgate-load","version":"1"}}}}}}"#
     )
 }
 
-const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+pub const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
 
-fn echo_body(id: u64, message: &str) -> String {
+pub fn echo_body(id: u64, message: &str) -> String {
     format!(
         r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"{message}"}}}}}}"#
     )
 }
 
 /// The text the echo tool must answer with.
-fn echoed(message: &str) -> String {
+pub fn echoed(message: &str) -> String {
     format!("Echo: {message}")
 }
 
@@ -560,7 +560,7 @@ pub struct McpSession {
     out: Vec<u8>,
 }
 
-fn post(out: &mut Vec<u8>, session: Option<(&str, &str)>, body: &str) {
+pub fn post(out: &mut Vec<u8>, session: Option<(&str, &str)>, body: &str) {
     use std::io::Write;
     out.clear();
     let _ = write!(
@@ -577,7 +577,7 @@ fn post(out: &mut Vec<u8>, session: Option<(&str, &str)>, body: &str) {
 }
 
 /// The JSON-RPC messages of an SSE body.
-fn sse_messages(body: &[u8]) -> Vec<serde_json::Value> {
+pub fn sse_messages(body: &[u8]) -> Vec<serde_json::Value> {
     ringgate::mcp::sse::decode(body)
         .iter()
         .filter_map(|d| serde_json::from_slice(d).ok())
@@ -670,7 +670,7 @@ impl McpSession {
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     memchr::memmem::find(hay, needle).is_some()
 }
 

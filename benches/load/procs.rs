@@ -55,6 +55,8 @@ pub struct Server {
     pub name: &'static str,
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// Where ringgate serves `/metrics` (`config.statsAddr`), when on.
+    pub stats_addr: Option<SocketAddr>,
     log: Arc<Mutex<VecDeque<String>>>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -63,6 +65,19 @@ impl Server {
     /// ringgate on `yaml` with `threads` workers; returns once every worker
     /// runs.
     pub fn ringgate(bin: &str, yaml: &str, threads: usize, rust_log: &str) -> Server {
+        Self::ringgate_in_group(bin, yaml, threads, rust_log, false)
+    }
+
+    /// [`Server::ringgate`], optionally in a process group of its own, so
+    /// that a Ctrl-C at the terminal reaches the bench (which then stops
+    /// ringgate in order) and not ringgate directly.
+    pub fn ringgate_in_group(
+        bin: &str,
+        yaml: &str,
+        threads: usize,
+        rust_log: &str,
+        own_group: bool,
+    ) -> Server {
         let dir = tempfile::tempdir().expect("temporary directory");
         let path = dir.path().join("ringgate.yaml");
         std::fs::write(&path, yaml).expect("write config");
@@ -75,6 +90,9 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if own_group {
+            cmd.process_group(0);
+        }
         die_with_parent(&mut cmd);
         let mut child = cmd.spawn().expect("start ringgate");
         let (tx, rx) = mpsc::channel();
@@ -83,16 +101,20 @@ impl Server {
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
             let mut addr = None;
+            let mut stats = None;
             let mut started = 0;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if addr.is_none() && line.contains(" listening ") {
                     addr = field(&line, "bind.addr").and_then(|a| a.parse::<SocketAddr>().ok());
                 }
+                if stats.is_none() && line.contains("stats listening") {
+                    stats = field(&line, "addr").and_then(|a| a.parse::<SocketAddr>().ok());
+                }
                 if line.contains("worker started") {
                     started += 1;
                     if started == threads {
-                        let _ = tx.send(addr);
+                        let _ = tx.send((addr, stats));
                     }
                 }
                 let mut l = sink.lock().unwrap();
@@ -106,11 +128,15 @@ impl Server {
             name: "ringgate",
             child: Some(child),
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            stats_addr: None,
             log,
             _dir: Some(dir),
         };
         match rx.recv_timeout(START_TIMEOUT) {
-            Ok(Some(addr)) => s.addr = addr,
+            Ok((Some(addr), stats)) => {
+                s.addr = addr;
+                s.stats_addr = stats;
+            }
             _ => panic!("ringgate did not start:\n{}", s.log_tail()),
         }
         s
@@ -145,6 +171,7 @@ impl Server {
             name: "baseline",
             child: Some(child),
             addr,
+            stats_addr: None,
             log: Arc::new(Mutex::new(VecDeque::new())),
             _dir: None,
         }

@@ -15,6 +15,8 @@
 //!     .tagged("100.88.7.6", "ci-runner.tail1234.ts.net.", &["tag:ci"])
 //!     .start();
 //! fake.set_fault(Fault::Slow(Duration::from_millis(300)));
+//! // Only the whois of this one address fails; the others are unaffected.
+//! fake.set_fault_for("100.88.7.6", Some(Fault::Status500));
 //! assert_eq!(fake.whois_calls_for("100.84.21.7"), 0);
 //! ```
 
@@ -235,6 +237,7 @@ impl FakeBuilder {
                     fault: Fault::None,
                     stopping: false,
                 }),
+                ip_faults: Mutex::new(HashMap::new()),
                 wake: Condvar::new(),
                 counters: Mutex::new(Counters::default()),
                 conns: Mutex::new(HashMap::new()),
@@ -269,6 +272,8 @@ struct Shared {
     nodes: Vec<(Vec<IpAddr>, String)>,
     port_miss_delay: Duration,
     state: Mutex<State>,
+    /// Faults of single addresses (whois requests for them), over `fault`.
+    ip_faults: Mutex<HashMap<IpAddr, Fault>>,
     /// Signalled on fault changes and on stop, for sleeping connections.
     wake: Condvar,
     counters: Mutex<Counters>,
@@ -392,6 +397,24 @@ impl FakeTailscaled {
                 .expect("spawn acceptor");
             *acceptor = Some(Acceptor { stop, handle });
         }
+    }
+
+    /// A fault for the whois requests of one address only (`None` clears
+    /// it); it takes the place of the global [`FakeTailscaled::set_fault`]
+    /// for them. `Missing` and `Refused` concern the listener, not an
+    /// address, and are ignored here. Takes effect for every request read
+    /// after it returns.
+    pub fn set_fault_for(&self, ip: &str, fault: Option<Fault>) {
+        let ip = parse_ip(ip);
+        let mut faults = self
+            .shared
+            .ip_faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match fault {
+            Some(f) if f.listening() => faults.insert(ip, f),
+            _ => faults.remove(&ip),
+        };
     }
 
     /// Whois requests that passed the Host/Origin checks, any outcome.
@@ -741,6 +764,7 @@ fn handle(stream: &mut UnixStream, req: &Request, shared: &Shared) -> bool {
     let referer = req.header("referer").unwrap_or("");
     let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
     let mut whois_addr_ok = false;
+    let mut whois_ip = None;
     let mut delay = Duration::ZERO;
     // tailscaled refuses browsers (DNS rebinding, CSRF) before routing; like
     // Go's `r.Referer() != ""`, an empty header does not count.
@@ -763,6 +787,7 @@ fn handle(stream: &mut UnixStream, req: &Request, shared: &Shared) -> bool {
                 Ok((ip, with_port)) => {
                     *counters.whois_by_ip.entry(ip).or_insert(0) += 1;
                     whois_addr_ok = true;
+                    whois_ip = Some(ip);
                     match lookup(shared, ip) {
                         Some(json) => Answer::json(Body::Bytes(json.as_bytes().to_vec())),
                         None => {
@@ -775,7 +800,15 @@ fn handle(stream: &mut UnixStream, req: &Request, shared: &Shared) -> bool {
                 }
             }
         };
-    let fault = shared.state().fault;
+    let ip_fault = whois_ip.and_then(|ip| {
+        shared
+            .ip_faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ip)
+            .copied()
+    });
+    let fault = ip_fault.unwrap_or_else(|| shared.state().fault);
     match fault {
         Fault::Hang => {
             hang(stream, shared);
