@@ -271,6 +271,7 @@ async fn refuse(
     let resp = Response::error(e);
     out.clear();
     serialize(&mut out, &resp, false, false, false);
+    ctx.worker.stats.refusal(resp.status);
     access_log::refused(ctx, peer, &resp);
     if write(&mut stream, out, ctx.config().limits.write_timeout)
         .await

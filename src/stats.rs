@@ -97,6 +97,18 @@ fn bump(c: &Cell<u64>, n: u64) {
 
 impl Stats {
     pub fn request(&self, route: &str, status: u16, took: Duration) {
+        self.count(route, status);
+        self.durations.borrow_mut().observe(&REQUEST_BUCKETS, took);
+    }
+
+    /// A request refused before routing (400, 408, 413, 414, 431, ...):
+    /// counted under route `""`, outside the duration histogram, which
+    /// starts at a complete head.
+    pub fn refusal(&self, status: u16) {
+        self.count("", status);
+    }
+
+    fn count(&self, route: &str, status: u16) {
         let mut map = self.requests.borrow_mut();
         // A route seen before allocates nothing.
         let by_status = match map.get_mut(route) {
@@ -104,7 +116,6 @@ impl Stats {
             None => map.entry(route.to_string()).or_default(),
         };
         *by_status.entry(status).or_default() += 1;
-        self.durations.borrow_mut().observe(&REQUEST_BUCKETS, took);
     }
 
     pub fn authz(&self, outcome: AuthzOutcome, from_cache: bool) {
@@ -232,7 +243,7 @@ pub fn render(snaps: &[Snapshot], live_children: usize) -> String {
         &mut o,
         "ringgate_requests_total",
         "counter",
-        "Requests answered, by route and status.",
+        "Requests answered, by route and status; route \"\" for those matching no route and those refused before routing.",
     );
     for ((route, status), n) in &requests {
         let _ = writeln!(

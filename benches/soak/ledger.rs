@@ -37,10 +37,11 @@ impl Kind {
 /// under which route and status.
 #[derive(Debug, Clone, Copy)]
 pub enum Counted {
-    /// Seen whole and answered (or its answer cut by the client).
+    /// Seen whole and answered (or its answer cut by the client), or
+    /// refused before routing (route `""`).
     Yes(&'static str, u16),
-    /// Refused before routing (400 and friends), or abandoned before the
-    /// request was whole: ringgate does not count these.
+    /// Abandoned before the request was whole, or never sent: ringgate does
+    /// not count these.
     No,
     /// A transport error: ringgate may or may not have counted it.
     Unknown,

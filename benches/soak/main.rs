@@ -582,8 +582,8 @@ fn report(r: &Report) -> (String, bool) {
     keys.dedup();
     let _ = writeln!(
         s,
-        "\nringgate_requests_total during the soak against the client's count of requests ringgate saw whole \
-         (refused malformed requests and abandoned partial ones are not counted by ringgate; {} transport errors may go either way):\n\
+        "\nringgate_requests_total during the soak against the client's count of requests ringgate answered \
+         (malformed ones are refused under route \"\"; abandoned partial ones are not counted; {} transport errors may go either way):\n\
          | route | status | client | ringgate | diff |\n|---|---|---|---|---|",
         m.uncertain
     );

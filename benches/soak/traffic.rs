@@ -1122,7 +1122,8 @@ async fn malformed(s: &Soak, rng: &Rng) {
             CLASS,
             Kind::Fault,
             format!("400 and closed ({name})"),
-            Counted::No,
+            // Refusals are counted under route "".
+            Counted::Yes("", 400),
         ),
         st => l.record(
             CLASS,

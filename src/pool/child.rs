@@ -264,7 +264,8 @@ struct Proc {
 }
 
 impl Proc {
-    fn reaped(&self, status: ExitStatus, cause: ExitCause) {
+    fn reaped(&self, status: ExitStatus, stopping: ExitCause) {
+        let cause = attribute(status, stopping);
         self.proc.borrow_mut().take();
         self.status.set(Some(status));
         self.cause.set(Some(cause));
@@ -274,6 +275,20 @@ impl Proc {
         // Exactly once per child: the slot is gone after this.
         self.live.borrow_mut().take();
         tracing::debug!(target: "child", pid = self.pid, %status, ?cause, "child reaped");
+    }
+}
+
+/// The cause of an exit: what `stop` last did, unless the status shows a
+/// signal `stop` did not send (a crash, or someone else's kill), which makes
+/// it an exit of its own.
+fn attribute(status: ExitStatus, stopping: ExitCause) -> ExitCause {
+    use std::os::unix::process::ExitStatusExt;
+    match (stopping, status.signal()) {
+        (ExitCause::Terminated, Some(libc::SIGTERM)) | (ExitCause::Killed, Some(libc::SIGKILL)) => {
+            stopping
+        }
+        (_, Some(_)) => ExitCause::Exited,
+        (c, None) => c,
     }
 }
 
@@ -388,5 +403,36 @@ impl Drop for Proc {
             c.add(ExitCause::Dropped);
         }
         reaper::adopt(proc, self.live.borrow_mut().take());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn exits_by_signals_stop_did_not_send_are_their_own() {
+        let code = |c: i32| ExitStatus::from_raw(c << 8);
+        let sig = |s: i32| ExitStatus::from_raw(s);
+        use ExitCause::*;
+        for (status, stopping, want) in [
+            (code(0), Exited, Exited),
+            (code(0), StdinClosed, StdinClosed),
+            (code(143), Terminated, Terminated),
+            (sig(libc::SIGTERM), Terminated, Terminated),
+            (sig(libc::SIGKILL), Killed, Killed),
+            // Killed from outside while stdin was being closed.
+            (sig(libc::SIGKILL), StdinClosed, Exited),
+            (sig(libc::SIGKILL), Terminated, Exited),
+            (sig(libc::SIGSEGV), Exited, Exited),
+            (sig(libc::SIGTERM), Exited, Exited),
+        ] {
+            assert_eq!(
+                attribute(status, stopping),
+                want,
+                "{status} while {stopping:?}"
+            );
+        }
     }
 }
