@@ -1,35 +1,20 @@
 //! `AuthzClient` against the fake tailscaled, on both monoio drivers.
 
+#[path = "support/drivers.rs"]
+mod drivers;
 #[path = "support/fake_tailscaled.rs"]
 mod fake_tailscaled;
 
-use std::future::Future;
 use std::io::{Read, Write};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use drivers::on_both_drivers;
 use fake_tailscaled::{FakeTailscaled, Fault, Node, LOCALAPI_HOST};
 use ringgate::auth::client::{AuthzClient, CheckRequest, ClientConfig, ClientError, Target};
 
 const ALICE: &str = "100.84.21.7";
 const CI: &str = "100.88.7.6";
-
-fn on_both_drivers<F, Fut>(f: F)
-where
-    F: Fn(&'static str) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-        .enable_timer()
-        .build()
-        .expect("io_uring runtime")
-        .block_on(f("io_uring"));
-    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-        .enable_timer()
-        .build()
-        .expect("legacy runtime")
-        .block_on(f("legacy"));
-}
 
 fn fake() -> FakeTailscaled {
     FakeTailscaled::builder()

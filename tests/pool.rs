@@ -10,6 +10,9 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+#[path = "support/drivers.rs"]
+mod drivers;
+
 use ringgate::pool::{
     reap_orphans, Child, ChildError, ChildSpec, ExitCause, LiveSlot, Pool, PoolConfig, PoolError,
     SpawnOptions, STDERR_BURST_LINES, STDERR_LINES_PER_SEC,
@@ -21,23 +24,15 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs the test body on the io_uring driver, then on the epoll driver.
+/// Runs the test body on the io_uring driver, then on the epoll driver,
+/// holding the lock.
 fn both<F, Fut>(f: F)
 where
     F: Fn(&'static str) -> Fut,
     Fut: Future<Output = ()>,
 {
     let _g = serial();
-    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-        .enable_timer()
-        .build()
-        .expect("io_uring runtime")
-        .block_on(f("io_uring"));
-    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-        .enable_timer()
-        .build()
-        .expect("epoll runtime")
-        .block_on(f("epoll"));
+    drivers::on_both_drivers(f);
 }
 
 fn sh(script: &str) -> ChildSpec {
