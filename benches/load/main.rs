@@ -40,12 +40,11 @@ mod procs;
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use client::{Client, Expect, HttpClient, McpClient, McpSession, Measured};
 use client::{StdioChild, StdioClient, Target};
-use procs::Server;
+use procs::{ensure_peers, root, server_js, Server};
 
 /// Set in the environment of a re-executed bench binary to pick its role.
 pub const ROLE_ENV: &str = "RINGGATE_BENCH_ROLE";
@@ -245,27 +244,6 @@ impl Probe {
     }
 }
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn server_js() -> PathBuf {
-    root().join("tests/peers/node_modules/@modelcontextprotocol/server-everything/dist/index.js")
-}
-
-/// Installs server-everything (tests/peers/setup.sh) when it is missing.
-fn ensure_peers() {
-    if server_js().is_file() {
-        return;
-    }
-    eprintln!("load: installing the MCP peers (tests/peers/setup.sh)");
-    let ok = std::process::Command::new("bash")
-        .arg(root().join("tests/peers/setup.sh"))
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok && server_js().is_file(), "tests/peers/setup.sh failed");
-}
-
 fn ringgate_yaml(whois: &str, min_idle: usize, cmd: &str, args: &[String]) -> String {
     let authz = format!(
         r#"
@@ -361,7 +339,7 @@ fn main() {
     let o = Opts::parse();
     let started = Instant::now();
     procs::become_subreaper();
-    ensure_peers();
+    ensure_peers("load");
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!(
         "load: {:?} per target in {} rounds, {:?} first ramp; {} connections, {} MCP sessions; loadavg {}",

@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,30 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// Log lines kept for the error message of a failed run.
 const KEPT_LOG_LINES: usize = 40;
+
+/// The repository's root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// server-everything's entry point, as `tests/peers/setup.sh` installs it.
+pub fn server_js() -> PathBuf {
+    root().join("tests/peers/node_modules/@modelcontextprotocol/server-everything/dist/index.js")
+}
+
+/// Installs the MCP peers (`tests/peers/setup.sh`) when server-everything is
+/// missing; `bench` names the caller in the message.
+pub fn ensure_peers(bench: &str) {
+    if server_js().is_file() {
+        return;
+    }
+    eprintln!("{bench}: installing the MCP peers (tests/peers/setup.sh)");
+    let ok = Command::new("bash")
+        .arg(root().join("tests/peers/setup.sh"))
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok && server_js().is_file(), "tests/peers/setup.sh failed");
+}
 
 /// Makes orphaned descendants ours to reap (see the module doc).
 pub fn become_subreaper() {

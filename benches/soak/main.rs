@@ -47,14 +47,13 @@ mod traffic;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fake_tailscaled::{FakeTailscaled, Fault, Node};
 use ledger::{Ledger, Progress, Summary};
-use procs::Server;
+use procs::{ensure_peers, server_js, Server};
 use sample::{mib, Metrics, Resources};
 
 /// `procs.rs` re-executes the bench binary in this role for the load
@@ -117,27 +116,6 @@ impl Opts {
         }
         o
     }
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn server_js() -> PathBuf {
-    root().join("tests/peers/node_modules/@modelcontextprotocol/server-everything/dist/index.js")
-}
-
-/// Installs server-everything (tests/peers/setup.sh) when it is missing.
-fn ensure_peers() {
-    if server_js().is_file() {
-        return;
-    }
-    eprintln!("soak: installing the MCP peers (tests/peers/setup.sh)");
-    let ok = std::process::Command::new("bash")
-        .arg(root().join("tests/peers/setup.sh"))
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok && server_js().is_file(), "tests/peers/setup.sh failed");
 }
 
 /// The fake knows the soak's nodes; the fault addresses fail in their own
@@ -304,7 +282,7 @@ fn reaped_children_cpu(pid: u32) -> f64 {
 fn main() {
     let o = Opts::parse();
     procs::become_subreaper();
-    ensure_peers();
+    ensure_peers("soak");
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // The first signal stops the load; a second one exits at once.
