@@ -8,7 +8,7 @@
 //! as the ceiling ([`baseline`]). Every process it starts is gone when it
 //! returns (see [`procs`]).
 //!
-//! Scenarios, for 1 and then 2 workers:
+//! Scenarios, for 1 and then 2 workers (and one per core on a larger host):
 //! 0. the ceiling: the fixed-response server;
 //! 1. reject: an address the fake does not know; its 403 is cached;
 //! 2. allow: an address the fake knows, on a `directResponse` route with
@@ -95,7 +95,7 @@ impl Opts {
             rounds: 4,
             conns: 64,
             sessions: 4,
-            workers: vec![1, 2],
+            workers: default_workers(),
             init_runs: 8,
             only: Vec::new(),
             compare: Vec::new(),
@@ -313,6 +313,17 @@ fn rust_log(access_log: bool) -> &'static str {
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
+}
+
+/// 1 and 2 workers, then one per core when the host has more than 2, so a
+/// run on a bigger machine shows how throughput grows with cores.
+fn default_workers() -> Vec<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut w = vec![1, 2];
+    if cores > 2 {
+        w.push(cores);
+    }
+    w
 }
 
 fn progress(r: &Row) {
