@@ -100,6 +100,7 @@ pub fn spawn_signal_thread(
                     }
                     _ if controls.is_draining() => {
                         warn!("second signal: exiting now");
+                        crate::logging::sink::flush();
                         std::process::exit(1);
                     }
                     _ => {

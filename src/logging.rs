@@ -20,6 +20,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
+pub mod sink;
+
 use crate::access_log;
 use crate::config::{Config, LogFormat};
 
@@ -28,7 +30,9 @@ static FROM_ENV: OnceLock<bool> = OnceLock::new();
 static RELOAD: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
 /// `RUST_LOG` wins over `config.logging.level`; the default is `info`.
-pub fn init(config: &Config) {
+/// Lines go to stderr through [`sink`]'s writer thread; hold the returned
+/// guard until exit, so that the last lines are written.
+pub fn init(config: &Config) -> sink::FlushGuard {
     let (filter, from_env) = match EnvFilter::try_from_default_env() {
         Ok(f) => (f, true),
         Err(_) => (level_filter(config.logging.level.as_deref()), false),
@@ -36,8 +40,15 @@ pub fn init(config: &Config) {
     let (filter, handle) = reload::Layer::new(filter);
     let _ = RELOAD.set(handle);
     let _ = FROM_ENV.set(from_env);
+    let guard = match sink::start() {
+        Ok(g) => Some(g),
+        Err(e) => {
+            eprintln!("ringgate: no log writer thread ({e}); logging directly to stderr");
+            None
+        }
+    };
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(sink::MakeLine)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let registry = tracing_subscriber::registry().with(filter);
@@ -45,6 +56,7 @@ pub fn init(config: &Config) {
         LogFormat::Text => registry.with(fmt).init(),
         LogFormat::Json => registry.with(fmt.event_format(JsonLines)).init(),
     }
+    guard.unwrap_or(sink::FlushGuard)
 }
 
 fn level_filter(level: Option<&str>) -> EnvFilter {

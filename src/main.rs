@@ -87,7 +87,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    ringgate::logging::init(&config);
+    let _log = ringgate::logging::init(&config);
     warn_about_config(&config);
     raise_fd_limit();
 

@@ -254,6 +254,17 @@ pub fn render(snaps: &[Snapshot], live_children: usize) -> String {
     }
     head(
         &mut o,
+        "ringgate_log_lines_dropped_total",
+        "counter",
+        "Log lines dropped because the log writer fell behind.",
+    );
+    let _ = writeln!(
+        o,
+        "ringgate_log_lines_dropped_total {}",
+        crate::logging::sink::dropped_lines()
+    );
+    head(
+        &mut o,
         "ringgate_connections_refused_total",
         "counter",
         "Connections over maxConnectionsPerWorker: answered 503, or closed unanswered during a flood.",
