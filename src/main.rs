@@ -90,6 +90,7 @@ fn main() -> ExitCode {
     let _log = ringgate::logging::init(&config);
     warn_about_config(&config);
     raise_fd_limit();
+    start_memory_trim();
 
     let threads = cli
         .threads
@@ -182,6 +183,31 @@ fn warn_about_config(config: &Config) {
 
 /// Each connection and child pipe is a descriptor; the soft limit (often
 /// 1024) is far below what one worker's connection limit allows.
+/// How often freed heap memory is handed back to the kernel.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// glibc keeps memory freed by the workers' arenas (after a burst of
+/// thousands of connections, tens of MiB) until something trims it; a thread
+/// of its own does that every [`TRIM_EVERY`], off the workers.
+fn start_memory_trim() {
+    #[cfg(target_env = "gnu")]
+    {
+        let spawned = std::thread::Builder::new()
+            .name("ringgate-trim".into())
+            .spawn(|| loop {
+                std::thread::sleep(TRIM_EVERY);
+                // SAFETY: malloc_trim takes no pointers; it only returns free
+                // pages of the allocator's own arenas to the kernel.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "no memory trim thread; freed memory stays with the process");
+        }
+    }
+}
+
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
