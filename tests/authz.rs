@@ -229,6 +229,9 @@ fn concurrent_first_requests_share_one_lookup() {
         assert_eq!(t.join().unwrap(), 200);
     }
     assert_eq!(fake.whois_calls_for("127.0.0.4"), 1);
+    // The log is written by a thread of its own: wait for all 8 lines.
+    p.wait_log_nth(7, |l| l.contains(" request ") && l.contains("authz="))
+        .expect("8 access-log lines");
     let shared = p
         .logs()
         .iter()

@@ -717,7 +717,6 @@ fn status_of(buf: &[u8]) -> Option<u16> {
 /// A long tool call with progress, cut by the client after the first
 /// progress event; the session must go on working.
 async fn sse_drop(s: &Soak, sess: &mut Session, rng: &Rng) -> bool {
-    const CLASS: &str = "fault: POST cut mid-SSE";
     s.ledger.fault(Fault::SseDrop.name());
     let id = sess.next_id;
     sess.next_id += 1;
@@ -726,71 +725,66 @@ async fn sse_drop(s: &Soak, sess: &mut Session, rng: &Rng) -> bool {
     );
     let mut out = Vec::new();
     client::post(&mut out, Some((&sess.id, &sess.version)), &body);
-    s.ledger.sent();
-    let mut conn = match raw_conn(sess.src(rng), s.plan.addr) {
-        Ok(c) => c,
-        Err(e) => {
-            s.ledger.record(
-                CLASS,
-                Kind::Unexpected,
-                format!("connect: {e}"),
-                Counted::No,
-            );
-            return false;
-        }
-    };
-    let (r, _) = conn.write_all(out).await;
-    let mut buf = Vec::new();
-    let seen = r.is_ok()
-        && read_until(&mut conn, &mut buf, |b| {
-            client::contains(b, b"notifications/progress")
-        })
-        .await;
-    // Dropped with SO_LINGER 0: a reset, mid-stream.
-    drop(conn);
-    match status_of(&buf) {
-        Some(200) if seen => {
-            s.ledger.record(
-                CLASS,
-                Kind::Fault,
-                "200, cut after the first progress event",
-                Counted::Yes("mcp", 200),
-            );
-            true
-        }
-        st => {
-            s.ledger.record(
-                CLASS,
-                Kind::Unexpected,
-                format!(
-                    "status {st:?}, progress seen {seen}: {}",
-                    String::from_utf8_lossy(&buf)
-                        .chars()
-                        .take(200)
-                        .collect::<String>()
-                ),
-                st.map_or(Counted::Unknown, |st| Counted::Yes("mcp", st)),
-            );
-            false
-        }
-    }
+    cut_stream(
+        s,
+        sess,
+        rng,
+        Cut {
+            class: "fault: POST cut mid-SSE",
+            request: out,
+            until: |b| client::contains(b, b"notifications/progress"),
+            sound: |_| true,
+            outcome: "200, cut after the first progress event",
+        },
+    )
+    .await
 }
 
 /// Opens the session's GET stream and walks away from it; the session must
 /// go on working.
 async fn get_drop(s: &Soak, sess: &mut Session, rng: &Rng) -> bool {
-    const CLASS: &str = "fault: GET stream abandoned";
     s.ledger.fault(Fault::GetDrop.name());
     let out = format!(
         "GET /mcp HTTP/1.1\r\nHost: ringgate.soak\r\nAccept: text/event-stream\r\nMcp-Session-Id: {}\r\nMcp-Protocol-Version: {}\r\n\r\n",
         sess.id, sess.version
     );
+    cut_stream(
+        s,
+        sess,
+        rng,
+        Cut {
+            class: "fault: GET stream abandoned",
+            request: out.into_bytes(),
+            until: |b| memchr::memmem::find(b, b"\r\n\r\n").is_some(),
+            sound: |b| client::contains(&b.to_ascii_lowercase(), b"text/event-stream"),
+            outcome: "200 text/event-stream, then reset",
+        },
+    )
+    .await
+}
+
+/// A stream the client walks away from.
+struct Cut {
+    class: &'static str,
+    request: Vec<u8>,
+    /// What must have arrived before the cut.
+    until: fn(&[u8]) -> bool,
+    /// A further check of what arrived.
+    sound: fn(&[u8]) -> bool,
+    /// The outcome recorded when all went as it should.
+    outcome: &'static str,
+}
+
+/// Sends the cut's request on a raw connection, reads until its `until`
+/// holds, resets the connection, and records the outcome: the expected one
+/// for a 200 that passed both checks, else an unexpected one.
+async fn cut_stream(s: &Soak, sess: &Session, rng: &Rng, cut: Cut) -> bool {
     s.ledger.sent();
     let mut conn = match raw_conn(sess.src(rng), s.plan.addr) {
         Ok(c) => c,
         Err(e) => {
             s.ledger.record(
-                CLASS,
+                cut.class,
                 Kind::Unexpected,
                 format!("connect: {e}"),
                 Counted::No,
@@ -798,31 +792,27 @@ async fn get_drop(s: &Soak, sess: &mut Session, rng: &Rng) -> bool {
             return false;
         }
     };
-    let (r, _) = conn.write_all(out.into_bytes()).await;
+    let (r, _) = conn.write_all(cut.request).await;
     let mut buf = Vec::new();
-    let head = r.is_ok()
-        && read_until(&mut conn, &mut buf, |b| {
-            memchr::memmem::find(b, b"\r\n\r\n").is_some()
-        })
-        .await;
+    let seen = r.is_ok() && read_until(&mut conn, &mut buf, cut.until).await;
+    // Dropped with SO_LINGER 0: a reset, mid-stream.
     drop(conn);
-    let sse = client::contains(&buf.to_ascii_lowercase(), b"text/event-stream");
     match status_of(&buf) {
-        Some(200) if head && sse => {
+        Some(200) if seen && (cut.sound)(&buf) => {
             s.ledger.record(
-                CLASS,
+                cut.class,
                 Kind::Fault,
-                "200 text/event-stream, then reset",
+                cut.outcome,
                 Counted::Yes("mcp", 200),
             );
             true
         }
         st => {
             s.ledger.record(
-                CLASS,
+                cut.class,
                 Kind::Unexpected,
                 format!(
-                    "status {st:?}: {}",
+                    "status {st:?}, awaited bytes seen {seen}: {}",
                     String::from_utf8_lossy(&buf)
                         .chars()
                         .take(200)
