@@ -52,13 +52,18 @@ impl<'c> Line<'c> {
                 self.out.push(',');
             }
             push_json_str(&mut self.out, name);
-            self.out.push(':');
+            self.out.push_str(":\"");
             let at = self.out.len();
             let _ = write!(self.out, "{value}");
-            // Values are written bare first; the rare one that needs
-            // escaping is written again as a JSON string.
-            let v = self.out.split_off(at);
-            push_json_str(&mut self.out, &v);
+            // Written in place between quotes; the rare value that needs
+            // escaping is taken out and written again as a JSON string.
+            if needs_json_escape(&self.out[at..]) {
+                let v = self.out.split_off(at);
+                self.out.pop();
+                push_json_str(&mut self.out, &v);
+            } else {
+                self.out.push('"');
+            }
         } else {
             let _ = write!(self.out, " {name}=");
             let at = self.out.len();
@@ -84,11 +89,14 @@ impl<'c> Line<'c> {
     }
 }
 
+fn needs_json_escape(s: &str) -> bool {
+    s.bytes()
+        .any(|b| b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f)
+}
+
 /// Appends `s` as a JSON string.
 fn push_json_str(out: &mut String, s: &str) {
-    if s.bytes()
-        .any(|b| b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f)
-    {
+    if needs_json_escape(s) {
         out.push_str(&serde_json::Value::from(s).to_string());
     } else {
         out.push('"');

@@ -73,8 +73,9 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
                 deadline = deadline.min(Instant::now() + limits.header_read_timeout);
             }
             if let (None, Some(head)) = (head_read, reader.head()) {
-                head_read = Some(Instant::now());
-                deadline = Instant::now() + limits.body_read_timeout;
+                let now = Instant::now();
+                head_read = Some(now);
+                deadline = now + limits.body_read_timeout;
                 // RFC 9110 section 10.1.1: a client waiting for 100 Continue
                 // gets it once we are about to read the body.
                 if head.expect_continue && head.minor_version == 1 {
