@@ -288,6 +288,21 @@ mod tests {
         route.policies.ext_authz.clone().expect("extAuthz")
     }
 
+    /// An extAuthz policy with these keys (indented under `extAuthz:`).
+    fn policy(keys: &str) -> ExtAuthz {
+        ext_authz(&format!(
+            "binds:
+- port: 0
+  listeners:
+  - routes:
+    - policies:
+        directResponse: {{body: ok, status: 200}}
+        extAuthz:
+          host: 127.0.0.1:1
+{keys}"
+        ))
+    }
+
     fn vars(ip: &str) -> Vars<'_> {
         Vars {
             source_address: ip,
@@ -318,24 +333,14 @@ mod tests {
         assert_eq!(k, format!("{} {} {}", req.method, req.path, req.authority));
         assert_ne!(k, key(&seed, "100.64.0.8"));
 
-        let cfg = ext_authz(
-            r#"
-binds:
-- port: 0
-  listeners:
-  - routes:
-    - policies:
-        extAuthz:
-          host: 127.0.0.1:1
-          protocol:
+        let cfg = policy(
+            r#"          protocol:
             http:
               path: '"/check?m=" + request.method'
               addRequestHeaders:
                 x-peer: source.address
                 :method: '"HEAD"'
-                x-path: request.path
-        directResponse: {body: ok, status: 200}
-"#,
+                x-path: request.path"#,
         );
         assert_eq!(
             key(&cfg, "127.0.0.2"),
@@ -345,21 +350,11 @@ binds:
 
     #[test]
     fn configured_key_replaces_the_default() {
-        let cfg = ext_authz(
-            r#"
-binds:
-- port: 0
-  listeners:
-  - routes:
-    - policies:
-        extAuthz:
-          host: 127.0.0.1:1
-          protocol:
+        let cfg = policy(
+            r#"          protocol:
             http:
               path: '"/whois?addr=" + source.address + "&p=" + request.path'
-          cache: {key: source.address}
-        directResponse: {body: ok, status: 200}
-"#,
+          cache: {key: source.address}"#,
         );
         assert_eq!(key(&cfg, "127.0.0.3"), "127.0.0.3");
     }

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::fake_tailscaled::{FakeTailscaled, Fault};
+use support::fake_tailscaled::{seed_ext_authz, FakeTailscaled, Fault, SEED_ACCESS_LOG};
 use support::*;
 
 const ALICE: &str = "127.0.0.2";
@@ -46,29 +46,12 @@ fn config(fake: &FakeTailscaled, authz_extra: &str) -> String {
         cors:
           allowOrigins: ["https://app.example.com"]
           allowHeaders: ["*"]
-          exposeHeaders: ["Mcp-Session-Id"]
-        extAuthz:
-          host: {target}
-          timeout: 300ms
-          {authz_extra}
-          protocol:
-            http:
-              path: |
-                "/localapi/v0/whois?addr=" + source.address
-              addRequestHeaders:
-                :authority: '"local-tailscaled.sock"'
-              metadata:
-                tailscaleNode: json(response.body).Node.Name
-                tailscaleEmail: json(response.body).UserProfile.LoginName"#,
-        target = fake.target()
+          exposeHeaders: ["Mcp-Session-Id"]{}"#,
+        seed_ext_authz(&fake.target(), &["timeout: 300ms", authz_extra])
     );
     format!(
         r#"
-frontendPolicies:
-  accessLog:
-    add:
-      tailscale.node: extauthz.tailscaleNode
-      tailscale.email: extauthz.tailscaleEmail
+{SEED_ACCESS_LOG}
 binds:
 - port: 0
   address: 127.0.0.1

@@ -62,13 +62,13 @@ fn mib(kib: u64) -> f64 {
 const WRITE_TIMEOUT: Duration = Duration::from_secs(4);
 const BIG: usize = 4 << 20;
 
-#[test]
-fn slow_readers_of_a_large_sse_answer_are_cut_and_starve_nobody() {
-    let yaml = format!(
+/// A one-listener config with `config` (lines under `config:`), a `/plain`
+/// route answering directly, and `routes` (more route entries) after it.
+fn with_plain_route(config: &str, routes: &str) -> String {
+    format!(
         r#"
 config:
-  http: {{writeTimeout: 4s, maxBodyBytes: 16777216}}
-  mcp: {{minIdle: 1, stopGrace: 300ms}}
+{config}
 binds:
 - port: 0
   address: 127.0.0.1
@@ -77,8 +77,15 @@ binds:
     - name: plain
       matches: [{{path: {{exact: /plain}}}}]
       policies: {{directResponse: {{body: "plain"}}}}
-{}"#,
-        mcp_route("everything", "/mcp", "node", &[&server_js()])
+{routes}"#
+    )
+}
+
+#[test]
+fn slow_readers_of_a_large_sse_answer_are_cut_and_starve_nobody() {
+    let yaml = with_plain_route(
+        "  http: {writeTimeout: 4s, maxBodyBytes: 16777216}\n  mcp: {minIdle: 1, stopGrace: 300ms}",
+        &mcp_route("everything", "/mcp", "node", &[&server_js()]),
     );
     let p = Proxy::start(&yaml, &["--threads", "1"]);
     let good = initialize(&p, ALICE, "/mcp");
@@ -242,19 +249,11 @@ fn thousands_of_idle_connections_and_a_flood_beyond_the_limit() {
         eprintln!("SKIPPED: RLIMIT_NOFILE is {nofile}, need {}", LIMIT + 1000);
         return;
     }
-    let yaml = format!(
-        r#"
-config:
-  http: {{headerReadTimeout: 60s, idleTimeout: 4s, maxConnectionsPerWorker: {LIMIT}}}
-binds:
-- port: 0
-  address: 127.0.0.1
-  listeners:
-  - routes:
-    - name: plain
-      matches: [{{path: {{exact: /plain}}}}]
-      policies: {{directResponse: {{body: "plain"}}}}
-"#
+    let yaml = with_plain_route(
+        &format!(
+            "  http: {{headerReadTimeout: 60s, idleTimeout: 4s, maxConnectionsPerWorker: {LIMIT}}}"
+        ),
+        "",
     );
     let p = Proxy::start(&yaml, &["--threads", "1"]);
     assert_plain(&p, ALICE, "warm-up");

@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use client::{Client, Expect, HttpClient, McpClient, McpSession, Measured};
 use client::{StdioChild, StdioClient, Target};
+use fake_tailscaled::{seed_ext_authz, SEED_ACCESS_LOG};
 use procs::{ensure_peers, root, server_js, Server};
 
 /// Set in the environment of a re-executed bench binary to pick its role.
@@ -244,62 +245,18 @@ impl Probe {
     }
 }
 
+/// The seed's CORS and extAuthz (cache TTLs of 10 minutes, so nothing
+/// expires during a run) on both routes.
 fn ringgate_yaml(whois: &str, min_idle: usize, cmd: &str, args: &[String]) -> String {
-    let authz = format!(
+    let policies = format!(
         r#"
         cors:
           allowOrigins: ["*"]
           allowHeaders: ["*"]
-          exposeHeaders: ["Mcp-Session-Id"]
-        extAuthz:
-          host: {whois}
-          protocol:
-            http:
-              path: |
-                "/localapi/v0/whois?addr=" + source.address
-              addRequestHeaders:
-                :authority: '"local-tailscaled.sock"'
-              metadata:
-                tailscaleNode: json(response.body).Node.Name
-                tailscaleEmail: json(response.body).UserProfile.LoginName
-          cache: {{ttl: 10m, negativeTtl: 10m}}"#
+          exposeHeaders: ["Mcp-Session-Id"]{}"#,
+        seed_ext_authz(whois, &["cache: {ttl: 10m, negativeTtl: 10m}"])
     );
-    format!(
-        r#"
-config:
-  mcp: {{minIdle: {min_idle}, stopGrace: 500ms}}
-  # On, as in production, but on ports of their own: several ringgates run
-  # at once here, and other work on this host may hold the defaults.
-  statsAddr: 127.0.0.1:0
-  readinessAddr: 127.0.0.1:0
-frontendPolicies:
-  accessLog:
-    add:
-      tailscale.node: extauthz.tailscaleNode
-      tailscale.email: extauthz.tailscaleEmail
-binds:
-- port: 0
-  address: 127.0.0.1
-  listeners:
-  - name: bench
-    protocol: HTTP
-    routes:
-    - name: hello
-      matches: [{{path: {{exact: /hello}}}}]
-      policies:{authz}
-        directResponse: {{status: 200, body: "hello from ringgate\n"}}
-    - name: mcp
-      matches: [{{path: {{pathPrefix: /mcp}}}}]
-      backends:
-      - mcp:
-          targets:
-          - name: everything
-            stdio: {{cmd: {cmd}, args: {args}}}
-      policies:{authz}
-"#,
-        cmd = serde_json::to_string(cmd).unwrap(),
-        args = serde_json::to_string(args).unwrap(),
-    )
+    procs::ringgate_yaml("bench", min_idle, SEED_ACCESS_LOG, &policies, cmd, args)
 }
 
 /// ringgate's log filter: the access log off, except where asked for.

@@ -48,6 +48,51 @@ pub fn ensure_peers(bench: &str) {
     assert!(ok && server_js().is_file(), "tests/peers/setup.sh failed");
 }
 
+/// The config the benchmarks run ringgate with: metrics and readiness on
+/// ports of their own (several ringgates run at once here, and other work
+/// on this host may hold the defaults), `head` at the top (the access-log
+/// fields), and two routes under `policies`: `/hello` answering directly,
+/// and `/mcp` bridged to `cmd args`.
+pub fn ringgate_yaml(
+    listener: &str,
+    min_idle: usize,
+    head: &str,
+    policies: &str,
+    cmd: &str,
+    args: &[String],
+) -> String {
+    format!(
+        r#"
+config:
+  mcp: {{minIdle: {min_idle}, stopGrace: 500ms}}
+  statsAddr: 127.0.0.1:0
+  readinessAddr: 127.0.0.1:0
+{head}
+binds:
+- port: 0
+  address: 127.0.0.1
+  listeners:
+  - name: {listener}
+    protocol: HTTP
+    routes:
+    - name: hello
+      matches: [{{path: {{exact: /hello}}}}]
+      policies:{policies}
+        directResponse: {{status: 200, body: "hello from ringgate\n"}}
+    - name: mcp
+      matches: [{{path: {{pathPrefix: /mcp}}}}]
+      backends:
+      - mcp:
+          targets:
+          - name: everything
+            stdio: {{cmd: {cmd}, args: {args}}}
+      policies:{policies}
+"#,
+        cmd = serde_json::to_string(cmd).unwrap(),
+        args = serde_json::to_string(args).unwrap(),
+    )
+}
+
 /// Makes orphaned descendants ours to reap (see the module doc).
 pub fn become_subreaper() {
     // SAFETY: prctl with these arguments only sets a flag on this process.

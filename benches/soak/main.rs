@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fake_tailscaled::{FakeTailscaled, Fault, Node};
+use fake_tailscaled::{seed_ext_authz, FakeTailscaled, Fault, Node, SEED_ACCESS_LOG};
 use ledger::{Ledger, Progress, Summary};
 use procs::{ensure_peers, server_js, Server};
 use sample::{mib, Metrics, Resources};
@@ -154,55 +154,15 @@ fn soak_yaml(whois: &str) -> String {
         "export SOAK_CHILD_PID=$$; exec node '{}'",
         server_js().display()
     );
-    let authz = format!(
-        r#"
-        extAuthz:
-          host: {whois}
-          timeout: 1s
-          protocol:
-            http:
-              path: |
-                "/localapi/v0/whois?addr=" + source.address
-              addRequestHeaders:
-                :authority: '"local-tailscaled.sock"'
-              metadata:
-                tailscaleNode: json(response.body).Node.Name
-                tailscaleEmail: json(response.body).UserProfile.LoginName
-          # Short, so that whois is asked all along the soak.
-          cache: {{ttl: 5s, negativeTtl: 2s}}"#
-    );
-    format!(
-        r#"
-config:
-  mcp: {{minIdle: {MIN_IDLE}, stopGrace: 500ms}}
-  statsAddr: 127.0.0.1:0
-  readinessAddr: 127.0.0.1:0
-frontendPolicies:
-  accessLog:
-    add:
-      tailscale.node: extauthz.tailscaleNode
-      tailscale.email: extauthz.tailscaleEmail
-binds:
-- port: 0
-  address: 127.0.0.1
-  listeners:
-  - name: soak
-    protocol: HTTP
-    routes:
-    - name: hello
-      matches: [{{path: {{exact: /hello}}}}]
-      policies:{authz}
-        directResponse: {{status: 200, body: "hello from ringgate\n"}}
-    - name: mcp
-      matches: [{{path: {{pathPrefix: /mcp}}}}]
-      backends:
-      - mcp:
-          targets:
-          - name: everything
-            stdio: {{cmd: sh, args: ["-c", {script}]}}
-      policies:{authz}
-"#,
-        script = serde_json::to_string(&script).unwrap(),
+    // A short cache, so that whois is asked all along the soak.
+    let policies = seed_ext_authz(whois, &["timeout: 1s", "cache: {ttl: 5s, negativeTtl: 2s}"]);
+    procs::ringgate_yaml(
+        "soak",
+        MIN_IDLE,
+        SEED_ACCESS_LOG,
+        &policies,
+        "sh",
+        &["-c".to_string(), script],
     )
 }
 

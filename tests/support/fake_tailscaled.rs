@@ -36,6 +36,39 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// The only non-empty `Host` tailscaled accepts.
 pub const LOCALAPI_HOST: &str = "local-tailscaled.sock";
 pub const WHOIS_PATH: &str = "/localapi/v0/whois";
+/// The seed config's `extAuthz` policy (`config/tailscale.yaml`) against the
+/// daemon at `host` (`FakeTailscaled::target`), as lines for a route's
+/// `policies:` map (indented 8 spaces, starting with a newline). `extra`
+/// holds further keys of the policy, one per line, unindented
+/// (`timeout: 300ms`, `cache: {ttl: 1s}`).
+pub fn seed_ext_authz(host: &str, extra: &[&str]) -> String {
+    let mut out = format!("\n        extAuthz:\n          host: {host}");
+    for line in extra.iter().filter(|l| !l.is_empty()) {
+        out.push_str("\n          ");
+        out.push_str(line);
+    }
+    out.push_str(
+        r#"
+          protocol:
+            http:
+              path: |
+                "/localapi/v0/whois?addr=" + source.address
+              addRequestHeaders:
+                :authority: '"local-tailscaled.sock"'
+              metadata:
+                tailscaleNode: json(response.body).Node.Name
+                tailscaleEmail: json(response.body).UserProfile.LoginName"#,
+    );
+    out
+}
+
+/// The seed config's access-log fields, as a top-level YAML block.
+pub const SEED_ACCESS_LOG: &str = "frontendPolicies:
+  accessLog:
+    add:
+      tailscale.node: extauthz.tailscaleNode
+      tailscale.email: extauthz.tailscaleEmail";
+
 /// Go's net/http buffers this much of a body before switching to chunked.
 pub const GO_CHUNKING_THRESHOLD: usize = 2048;
 /// A whois miss given `IP:port` makes tailscaled retry for ~200-400 ms.
