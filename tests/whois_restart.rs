@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::fake_tailscaled::FakeTailscaled;
+use support::fake_tailscaled::{seed_ext_authz, FakeTailscaled};
 use support::*;
 
 const ALICE: &str = "127.0.0.2";
@@ -32,21 +32,12 @@ binds:
   - routes:
     - name: application
       policies:
-        directResponse: {{body: "welcome"}}
-        extAuthz:
-          host: {target}
-          timeout: 300ms
-          cache: {{ttl: 300ms, negativeTtl: 300ms}}
-          protocol:
-            http:
-              path: |
-                "/localapi/v0/whois?addr=" + source.address
-              addRequestHeaders:
-                :authority: '"local-tailscaled.sock"'
-              metadata:
-                tailscaleEmail: json(response.body).UserProfile.LoginName
+        directResponse: {{body: "welcome"}}{authz}
 "#,
-        target = fake.target()
+        authz = seed_ext_authz(
+            &fake.target(),
+            &["timeout: 300ms", "cache: {ttl: 300ms, negativeTtl: 300ms}"]
+        )
     )
 }
 
