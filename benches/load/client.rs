@@ -258,7 +258,7 @@ impl HttpConn {
         )?;
         sock.bind(&SocketAddr::new(src, 0).into())?;
         sock.connect_timeout(&addr.into(), REQUEST_TIMEOUT)?;
-        sock.set_tcp_nodelay(true)?;
+        sock.set_nodelay(true)?;
         sock.set_nonblocking(true)?;
         Ok(sock.into())
     }
