@@ -14,12 +14,10 @@ use std::time::Duration;
 use tracing::info;
 
 use crate::config::LogFormat;
+use crate::context::BindCtx;
 use crate::http::response::Response;
-use crate::pipeline::{Handled, Request};
-use crate::worker::{BindCtx, PeerAddr};
-
-/// The `tracing` target of access-log events (filter it with `RUST_LOG`).
-pub const TARGET: &str = "request";
+use crate::logging::ACCESS_LOG_TARGET as TARGET;
+use crate::request::{Handled, PeerAddr, Request};
 
 /// One line, written field by field into a single buffer.
 struct Line<'c> {

@@ -11,11 +11,12 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::access_log;
+use crate::context::{BindCtx, ConnGuard};
 use crate::http::parse::RequestReader;
 use crate::http::response::{serialize, stream_end, stream_piece, Body, Response};
 use crate::http::HttpError;
-use crate::pipeline::{self, Request};
-use crate::worker::{BindCtx, ConnGuard, PeerAddr};
+use crate::pipeline;
+use crate::request::{PeerAddr, Request};
 
 /// Smallest free space offered to one read.
 const MIN_READ_BYTES: usize = 4096;

@@ -4,9 +4,11 @@
 //!
 //! - [`config`]: agentgateway YAML -> immutable, compiled [`config::Config`]
 //! - [`worker`]: one monoio runtime per core, SO_REUSEPORT listeners, accept
+//! - [`context`]: what a connection runs with: worker state, config generation, bind
 //! - [`conn`]: the keep-alive loop: read, parse, pipeline, write, timeouts
 //! - [`http`]: head parsing with strict RFC 9112 framing, chunked bodies, responses
 //! - [`pipeline`]: the stages in order: route, CORS, extAuthz, backend
+//! - [`request`]: the request's own types (peer, parsed request, outcome), below every stage
 //! - [`policy`]: CORS and CEL (compiled once, evaluated per request)
 //! - [`auth`]: extAuthz: whois client, per-worker cache, allow/deny
 //! - [`mcp`]: streamable HTTP endpoint, sessions owned by one worker
@@ -20,6 +22,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod context;
 pub mod http;
 pub mod lifecycle;
 pub mod logging;
@@ -27,5 +30,6 @@ pub mod mcp;
 pub mod pipeline;
 pub mod policy;
 pub mod pool;
+pub mod request;
 pub mod stats;
 pub mod worker;

@@ -22,8 +22,10 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 
 pub mod sink;
 
-use crate::access_log;
 use crate::config::{Config, LogFormat};
+
+/// The `tracing` target of access-log events (filter it with `RUST_LOG`).
+pub const ACCESS_LOG_TARGET: &str = "request";
 
 /// Set when the filter came from `RUST_LOG`, which a reload must not override.
 static FROM_ENV: OnceLock<bool> = OnceLock::new();
@@ -103,7 +105,7 @@ where
         let mut fields = Fields(Map::new());
         event.record(&mut fields);
         let mut fields = fields.0;
-        if meta.target() == access_log::TARGET {
+        if meta.target() == ACCESS_LOG_TARGET {
             if let Some(Value::String(msg)) = fields.remove("message") {
                 match serde_json::from_str::<Map<String, Value>>(&msg) {
                     Ok(inner) => {

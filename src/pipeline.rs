@@ -5,82 +5,13 @@
 //! `conn.rs` calls [`handle`] once per request after the body is read, and
 //! writes the response it returns; the access log line follows the write.
 
-use std::rc::Rc;
-
-use crate::auth::{self, Decision, Source};
+use crate::auth;
 use crate::config::{Backend, Listener, Route};
-use crate::http::parse::Head;
+use crate::context::BindCtx;
 use crate::http::response::{Body, Response};
-use crate::mcp::endpoint::{self, McpLog};
-use crate::policy::cel::Vars;
+use crate::mcp::endpoint;
 use crate::policy::cors;
-use crate::worker::{BindCtx, PeerAddr};
-
-/// A parsed request, borrowed from the connection's buffers.
-pub struct Request<'a> {
-    pub buf: &'a [u8],
-    pub head: &'a Head,
-    pub body: &'a [u8],
-    pub peer: PeerAddr,
-    /// The peer's IP as text, formatted once per connection.
-    pub peer_ip: &'a str,
-}
-
-impl<'a> Request<'a> {
-    fn text(&self, r: &std::ops::Range<usize>) -> &'a str {
-        // httparse only accepts visible ASCII in the method and target.
-        std::str::from_utf8(&self.buf[r.clone()]).unwrap_or("")
-    }
-    pub fn method(&self) -> &'a str {
-        self.text(&self.head.method)
-    }
-    /// Path and query.
-    pub fn path(&self) -> &'a str {
-        self.text(&self.head.path)
-    }
-    pub fn host(&self) -> &'a str {
-        self.head
-            .host
-            .as_ref()
-            .and_then(|r| std::str::from_utf8(&self.buf[r.clone()]).ok())
-            .unwrap_or("")
-    }
-    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
-        self.head.header(self.buf, name)
-    }
-    /// Headers with names as text (httparse admits only token bytes in names).
-    pub fn headers(&self) -> Vec<(&'a str, &'a [u8])> {
-        self.head
-            .headers
-            .iter()
-            .map(|(n, v)| (self.text(n), &self.buf[v.clone()]))
-            .collect()
-    }
-    /// CEL variables for this request, `headers` filled only when asked for.
-    pub fn vars<'h>(&self, headers: &'h [(&'a str, &'a [u8])]) -> Vars<'h>
-    where
-        'a: 'h,
-    {
-        Vars {
-            source_address: self.peer_ip,
-            source_port: self.peer.port(),
-            method: self.method(),
-            path: self.path(),
-            headers,
-            response: None,
-            extauthz: None,
-        }
-    }
-}
-
-/// What the pipeline did, for the connection and the access log.
-pub struct Handled<'c> {
-    pub resp: Response,
-    pub route: Option<&'c Route>,
-    pub authz: Option<Rc<Decision>>,
-    pub authz_source: Option<Source>,
-    pub mcp: Option<McpLog>,
-}
+use crate::request::{Handled, Request};
 
 /// The listener for this request's Host among the bind's listeners.
 fn listener<'c>(ctx: &'c BindCtx, req: &Request) -> Option<&'c Listener> {

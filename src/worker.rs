@@ -15,98 +15,18 @@ use monoio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{error, info, warn};
 
-use crate::auth::AuthzState;
-use crate::config::{Bind, Config, IoDriver};
+use crate::config::{Config, IoDriver};
 use crate::conn;
+use crate::context::{BindCtx, ConnGuard, Generation, Worker, WorkerId};
 use crate::lifecycle::{Control, Controls, Drain};
 use crate::mcp::{Hub, Job, McpWorker};
+use crate::request::PeerAddr;
 use crate::stats::{Snapshot, Stats};
 
 /// Pending-connection queue per listener socket.
 const LISTEN_BACKLOG: i32 = 4096;
 /// io_uring submission queue entries per worker.
 const URING_ENTRIES: u32 = 1024;
-
-/// Index of a worker thread, 0-based; it appears in the access log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct WorkerId(pub usize);
-
-/// The client's address as the kernel reports it, with IPv4-mapped IPv6
-/// addresses (from a dual-stack listener) turned back into IPv4.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PeerAddr(pub SocketAddr);
-
-impl PeerAddr {
-    pub fn new(addr: SocketAddr) -> Self {
-        match addr {
-            SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-                Some(v4) => PeerAddr(SocketAddr::new(IpAddr::V4(v4), v6.port())),
-                None => PeerAddr(addr),
-            },
-            v4 => PeerAddr(v4),
-        }
-    }
-    pub fn ip(&self) -> IpAddr {
-        self.0.ip()
-    }
-    pub fn port(&self) -> u16 {
-        self.0.port()
-    }
-}
-
-/// State owned by one worker thread.
-pub struct Worker {
-    pub id: WorkerId,
-    pub driver: &'static str,
-    pub connections: Cell<usize>,
-    /// Connections over the limit still being told 503.
-    refusing: Rc<Cell<usize>>,
-    /// The config new connections get; replaced on reload.
-    pub generation: RefCell<Rc<Generation>>,
-    pub mcp: Rc<McpWorker>,
-    pub drain: Drain,
-    deadline: Cell<Option<Instant>>,
-    pub stats: Stats,
-}
-
-/// A config and the per-worker state compiled from it. A connection keeps the
-/// generation it was accepted under, so a reload never changes the rules in
-/// the middle of a connection.
-pub struct Generation {
-    pub config: Arc<Config>,
-    /// One per extAuthz policy, indexed by `ExtAuthz::id`.
-    pub authz: Vec<AuthzState>,
-}
-
-impl Generation {
-    fn new(config: Arc<Config>) -> io::Result<Rc<Generation>> {
-        let authz = config
-            .binds
-            .iter()
-            .flat_map(|b| &b.listeners)
-            .flat_map(|l| &l.routes)
-            .filter_map(|r| r.policies.ext_authz.as_ref())
-            .map(|a| AuthzState::new(a).map_err(io::Error::other))
-            .collect::<io::Result<Vec<_>>>()?;
-        Ok(Rc::new(Generation { config, authz }))
-    }
-}
-
-/// What a connection needs: its worker, its generation, and its bind.
-pub struct BindCtx {
-    pub worker: Rc<Worker>,
-    pub gen: Rc<Generation>,
-    pub bind: usize,
-}
-
-impl BindCtx {
-    pub fn config(&self) -> &Config {
-        &self.gen.config
-    }
-    pub fn bind(&self) -> &Bind {
-        &self.gen.config.binds[self.bind]
-    }
-}
 
 /// How the process runs, after CLI overrides.
 #[derive(Debug, Clone)]
@@ -427,21 +347,5 @@ async fn accept_loop(listener: Rc<TcpListener>, bind: usize, worker: Rc<Worker>)
             bind,
         });
         monoio::spawn(conn::serve(stream, PeerAddr::new(addr), ctx, guard));
-    }
-}
-
-/// Counts a connection for the per-worker limit while it lives.
-pub struct ConnGuard(Rc<Worker>);
-
-impl ConnGuard {
-    fn new(w: Rc<Worker>) -> Self {
-        w.connections.set(w.connections.get() + 1);
-        ConnGuard(w)
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.0.connections.set(self.0.connections.get() - 1);
     }
 }

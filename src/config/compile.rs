@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_yaml_ng::Value;
 
-use super::yaml::{index_path, ConfigErrors, Node};
+use super::yaml::{expr, index_path, opt_str, string_list, string_map, ConfigErrors, Node};
 use super::*;
 
 pub fn compile(doc: &Value) -> Result<Config, ConfigErrors> {
@@ -505,47 +505,3 @@ fn check_unique(cfg: &Config, errs: &mut ConfigErrors) {
 
 /// Variables an access-log expression may read.
 const LOG_VARS: &[&str] = &["source", "request", "extauthz"];
-
-/// Compiles a CEL expression, reporting a failure at `path`.
-pub(super) fn expr(
-    src: &str,
-    path: &str,
-    allowed: &[&str],
-    errs: &mut ConfigErrors,
-) -> Option<crate::policy::cel::Expr> {
-    match crate::policy::cel::Expr::compile(src, allowed) {
-        Ok(e) => Some(e),
-        Err(msg) => {
-            errs.push(path, format!("invalid CEL expression: {msg}"));
-            None
-        }
-    }
-}
-
-pub(super) fn opt_str(m: &super::yaml::Map, key: &str, errs: &mut ConfigErrors) -> Option<String> {
-    m.get(key)
-        .and_then(|(v, p)| Node::new(v, &p).str(errs).map(str::to_string))
-}
-
-pub(super) fn string_list(node: Node, errs: &mut ConfigErrors) -> Vec<String> {
-    let mut out = Vec::new();
-    for (i, v) in node.seq(errs).iter().enumerate() {
-        let p = index_path(node.path, i);
-        if let Some(s) = Node::new(v, &p).str(errs) {
-            out.push(s.to_string());
-        }
-    }
-    out
-}
-
-/// A mapping of names to strings, in document order.
-pub(super) fn string_map(node: Node, errs: &mut ConfigErrors) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for (k, v) in node.entries(errs) {
-        let p = super::yaml::child_path(node.path, k);
-        if let Some(s) = Node::new(v, &p).str(errs) {
-            out.push((k.to_string(), s.to_string()));
-        }
-    }
-    out
-}

@@ -2,8 +2,7 @@
 
 use serde_yaml_ng::Value;
 
-use super::compile::{expr, string_list, string_map};
-use super::yaml::{ConfigErrors, Node};
+use super::yaml::{expr, string_list, string_map, ConfigErrors, Node};
 use super::*;
 
 pub fn cors(node: Node, errs: &mut ConfigErrors) -> Option<Cors> {

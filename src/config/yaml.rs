@@ -271,6 +271,52 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_millis(ms))
 }
 
+// Helpers the compile steps share: typed reads of common shapes.
+
+/// Compiles a CEL expression, reporting a failure at `path`.
+pub fn expr(
+    src: &str,
+    path: &str,
+    allowed: &[&str],
+    errs: &mut ConfigErrors,
+) -> Option<crate::policy::cel::Expr> {
+    match crate::policy::cel::Expr::compile(src, allowed) {
+        Ok(e) => Some(e),
+        Err(msg) => {
+            errs.push(path, format!("invalid CEL expression: {msg}"));
+            None
+        }
+    }
+}
+
+pub fn opt_str(m: &Map, key: &str, errs: &mut ConfigErrors) -> Option<String> {
+    m.get(key)
+        .and_then(|(v, p)| Node::new(v, &p).str(errs).map(str::to_string))
+}
+
+pub fn string_list(node: Node, errs: &mut ConfigErrors) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, v) in node.seq(errs).iter().enumerate() {
+        let p = index_path(node.path, i);
+        if let Some(s) = Node::new(v, &p).str(errs) {
+            out.push(s.to_string());
+        }
+    }
+    out
+}
+
+/// A mapping of names to strings, in document order.
+pub fn string_map(node: Node, errs: &mut ConfigErrors) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (k, v) in node.entries(errs) {
+        let p = child_path(node.path, k);
+        if let Some(s) = Node::new(v, &p).str(errs) {
+            out.push((k.to_string(), s.to_string()));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

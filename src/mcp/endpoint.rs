@@ -15,15 +15,7 @@ use crate::config::McpBackend;
 use crate::http::response::{Body, Response};
 use crate::mcp::jsonrpc::{self, Kind};
 use crate::mcp::{Job, McpWorker, Op, Reply};
-use crate::pipeline::Request;
-
-/// What the access log says about an MCP request.
-#[derive(Debug, Default, Clone)]
-pub struct McpLog {
-    pub method: Option<String>,
-    pub tool: Option<String>,
-    pub session: Option<String>,
-}
+use crate::request::{McpLog, Request};
 
 pub const NOT_ACCEPTABLE: &str = "Not Acceptable: Client must accept text/event-stream";
 
