@@ -31,6 +31,9 @@ pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_WORKER: usize = 4096;
+pub const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_LINGER_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_LINGER_MAX_BYTES: u64 = 32 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -147,9 +150,18 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// Between requests on a kept-alive connection.
     pub idle_timeout: Duration,
-    /// For writing one response.
+    /// How long a response write may make no progress (no byte accepted
+    /// by the kernel) before the connection is reset.
     pub write_timeout: Duration,
     pub max_connections_per_worker: usize,
+    /// Request body bytes one worker holds at once, over all its
+    /// connections; a body that would go past it gets 503.
+    pub max_body_bytes_in_flight: u64,
+    /// After a response that closes the connection, how long (in all) and
+    /// how many bytes the client may still send, discarded, so that it
+    /// reads the response instead of a reset.
+    pub linger_timeout: Duration,
+    pub linger_max_bytes: u64,
 }
 
 impl Default for Limits {
@@ -164,6 +176,9 @@ impl Default for Limits {
             idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
             write_timeout: Duration::from_millis(DEFAULT_WRITE_TIMEOUT_MS),
             max_connections_per_worker: DEFAULT_MAX_CONNECTIONS_PER_WORKER,
+            max_body_bytes_in_flight: DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
+            linger_timeout: Duration::from_millis(DEFAULT_LINGER_TIMEOUT_MS),
+            linger_max_bytes: DEFAULT_LINGER_MAX_BYTES,
         }
     }
 }

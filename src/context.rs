@@ -24,6 +24,9 @@ pub struct Worker {
     pub id: WorkerId,
     pub driver: &'static str,
     pub connections: Cell<usize>,
+    /// Request body bytes held by this worker's connections right now
+    /// (bounded by `limits.maxBodyBytesInFlight`).
+    pub body_bytes: Cell<u64>,
     /// Connections over the limit still being told 503.
     pub(crate) refusing: Rc<Cell<usize>>,
     /// The config new connections get; replaced on reload.

@@ -2,8 +2,11 @@
 //!
 //! route match -> CORS (preflight answered here) -> extAuthz -> backend
 //!
-//! `conn.rs` calls [`handle`] once per request after the body is read, and
-//! writes the response it returns; the access log line follows the write.
+//! `conn.rs` calls [`admit`] as soon as a request's head is parsed: route,
+//! CORS and extAuthz need no body, so a caller who is not let in never gets
+//! `100 Continue` and never makes ringgate buffer a body. Only an admitted
+//! request's body is read; then [`respond`] runs the backend. The access log
+//! line follows the response's write.
 
 use crate::auth;
 use crate::config::{Backend, Listener, Route};
@@ -19,7 +22,49 @@ fn listener<'c>(ctx: &'c BindCtx, req: &Request) -> Option<&'c Listener> {
     ctx.bind().listeners.iter().find(|l| l.matches_host(host))
 }
 
-pub async fn handle<'c>(ctx: &'c BindCtx, req: &Request<'_>) -> Handled<'c> {
+/// What the stages decided on a request's head, before any body byte is read.
+pub enum Admission<'c> {
+    /// Answered on the head: no route, a CORS preflight or refusal, an
+    /// extAuthz denial, a direct response. The body, if any, is never read.
+    Answered(Handled<'c>),
+    /// Let in: read the body, then [`respond`].
+    Admitted(Admitted<'c>),
+}
+
+/// A request let in on its head; carries what the stages found out. A
+/// request no route matches is let in too (it is answered 404 after its
+/// body, so the connection stays usable): no policy refused it.
+pub struct Admitted<'c> {
+    out: Handled<'c>,
+    route: Option<&'c Route>,
+    cors_headers: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl<'c> Admitted<'c> {
+    pub fn route(&self) -> Option<&'c Route> {
+        self.route
+    }
+
+    /// Answers without the backend (the body could not be read: too large,
+    /// no room for it), keeping the route, authz and CORS headers for the
+    /// response and the access log.
+    pub fn refuse(self, resp: Response) -> Handled<'c> {
+        self.finish(resp)
+    }
+
+    fn finish(self, resp: Response) -> Handled<'c> {
+        let mut out = self.out;
+        out.resp = resp;
+        for (n, v) in self.cors_headers {
+            out.resp.headers.push((n.into(), v.into()));
+        }
+        out
+    }
+}
+
+/// Runs the stages that need only the head: route, CORS, extAuthz. `req`
+/// has no body yet.
+pub async fn admit<'c>(ctx: &'c BindCtx, req: &Request<'_>) -> Admission<'c> {
     let mut out = Handled {
         resp: Response::text(404, "no route matches this request"),
         route: None,
@@ -28,7 +73,11 @@ pub async fn handle<'c>(ctx: &'c BindCtx, req: &Request<'_>) -> Handled<'c> {
         mcp: None,
     };
     let Some(route) = listener(ctx, req).and_then(|l| l.route(req.path())) else {
-        return out;
+        return Admission::Admitted(Admitted {
+            out,
+            route: None,
+            cors_headers: Vec::new(),
+        });
     };
     out.route = Some(route);
     let mcp = matches!(route.backend, Some(Backend::Mcp(_)));
@@ -43,58 +92,63 @@ pub async fn handle<'c>(ctx: &'c BindCtx, req: &Request<'_>) -> Handled<'c> {
     ) {
         cors::Verdict::Respond(r) => {
             out.resp = r;
-            return out;
+            return Admission::Answered(out);
         }
         cors::Verdict::Continue(h) => h,
     };
-
-    out.resp = match &route.policies.ext_authz {
-        Some(cfg) => {
-            let headers = if cfg.needs_headers {
-                req.headers()
-            } else {
-                Vec::new()
-            };
-            let state = &ctx.gen.authz[cfg.id];
-            match auth::check(state, cfg, &req.vars(&headers), &ctx.worker.stats).await {
-                auth::Verdict::Allow(d, source) => {
-                    out.authz = d;
-                    out.authz_source = Some(source);
-                    backend(ctx, route, req, &mut out).await
-                }
-                auth::Verdict::Deny(r, source) => {
-                    out.authz_source = Some(source);
-                    r
-                }
-            }
-        }
-        None => backend(ctx, route, req, &mut out).await,
+    let mut admitted = Admitted {
+        out,
+        route: Some(route),
+        cors_headers,
     };
-    for (n, v) in cors_headers {
-        out.resp.headers.push((n.into(), v.into()));
+
+    let Some(cfg) = &route.policies.ext_authz else {
+        return Admission::Admitted(admitted);
+    };
+    let headers = if cfg.needs_headers {
+        req.headers()
+    } else {
+        Vec::new()
+    };
+    let state = &ctx.gen.authz[cfg.id];
+    match auth::check(state, cfg, &req.vars(&headers), &ctx.worker.stats).await {
+        auth::Verdict::Allow(d, source) => {
+            admitted.out.authz = d;
+            admitted.out.authz_source = Some(source);
+            Admission::Admitted(admitted)
+        }
+        auth::Verdict::Deny(r, source) => {
+            admitted.out.authz_source = Some(source);
+            Admission::Answered(admitted.finish(r))
+        }
     }
-    out
 }
 
-async fn backend(
-    ctx: &BindCtx,
-    route: &Route,
+/// Runs the backend for an admitted request whose body has been read.
+pub async fn respond<'c>(
+    ctx: &'c BindCtx,
+    mut admitted: Admitted<'c>,
     req: &Request<'_>,
-    out: &mut Handled<'_>,
-) -> Response {
+) -> Handled<'c> {
+    let Some(route) = admitted.route else {
+        return admitted.finish(Response::text(404, "no route matches this request"));
+    };
     if let Some(d) = &route.policies.direct_response {
-        return Response::new(d.status)
+        let resp = Response::new(d.status)
             .header("content-type", "text/plain")
             .body(Body::Bytes(d.body.as_bytes().to_vec()));
+        return admitted.finish(resp);
     }
-    match &route.backend {
+    let resp = match &route.backend {
         Some(Backend::Mcp(m)) => {
-            let (resp, log) = endpoint::handle(&ctx.worker.mcp, m, req, identity(req, out)).await;
-            out.mcp = Some(log);
+            let identity = identity(req, &admitted.out);
+            let (resp, log) = endpoint::handle(&ctx.worker.mcp, m, req, identity).await;
+            admitted.out.mcp = Some(log);
             resp
         }
         None => Response::text(503, "no backend configured for this route"),
-    }
+    };
+    admitted.finish(resp)
 }
 
 /// Who a session belongs to: the authorization metadata when the route has

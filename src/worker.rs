@@ -226,6 +226,7 @@ async fn worker_main(
         id,
         driver,
         connections: Cell::new(0),
+        body_bytes: Cell::new(0),
         refusing: Rc::default(),
         generation: RefCell::new(gen),
         mcp,

@@ -195,6 +195,9 @@ fn limits(node: Node, l: &mut Limits, errs: &mut ConfigErrors) {
         "idleTimeout",
         "writeTimeout",
         "maxConnectionsPerWorker",
+        "maxBodyBytesInFlight",
+        "lingerTimeout",
+        "lingerMaxBytes",
     ];
     let Some(m) = node.map(errs, &keys) else {
         return;
@@ -218,6 +221,12 @@ fn limits(node: Node, l: &mut Limits, errs: &mut ConfigErrors) {
     if let Some(n) = size("maxConnectionsPerWorker", 1, 1 << 24, errs) {
         l.max_connections_per_worker = n as usize;
     }
+    if let Some(n) = size("maxBodyBytesInFlight", 0, 1 << 40, errs) {
+        l.max_body_bytes_in_flight = n;
+    }
+    if let Some(n) = size("lingerMaxBytes", 0, 1 << 34, errs) {
+        l.linger_max_bytes = n;
+    }
     let dur = |key: &str, errs: &mut ConfigErrors| {
         m.get(key)
             .and_then(|(v, p)| Node::new(v, &p).duration(errs))
@@ -233,6 +242,9 @@ fn limits(node: Node, l: &mut Limits, errs: &mut ConfigErrors) {
     }
     if let Some(d) = dur("writeTimeout", errs) {
         l.write_timeout = d;
+    }
+    if let Some(d) = dur("lingerTimeout", errs) {
+        l.linger_timeout = d;
     }
 }
 

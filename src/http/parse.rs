@@ -225,7 +225,7 @@ fn parse_complete(
         }
     };
     head.host = authority.map(|a| range(a.as_bytes()));
-    framing(buf, limits, head)
+    framing(buf, head)
 }
 
 /// Returns (path-and-query, authority of an absolute-form target). The path
@@ -272,7 +272,7 @@ fn split_target<'a>(
     Ok((Some(path), Some(authority)))
 }
 
-fn framing(buf: &[u8], limits: &Limits, head: &mut Head) -> Result<(), HttpError> {
+fn framing(buf: &[u8], head: &mut Head) -> Result<(), HttpError> {
     let mut content_length: Option<u64> = None;
     let mut codings = 0usize;
     let mut chunked_last = false;
@@ -359,7 +359,6 @@ fn framing(buf: &[u8], limits: &Limits, head: &mut Head) -> Result<(), HttpError
         BodyKind::Chunked
     } else {
         match content_length {
-            Some(n) if n > limits.max_body_bytes => return Err(HttpError::BODY_TOO_LARGE),
             Some(0) | None => BodyKind::Empty,
             Some(n) => BodyKind::Length(n),
         }
@@ -418,16 +417,15 @@ impl RequestReader {
         if let Some(n) = self.consumed {
             return Ok(Some(n));
         }
-        if !self.head_done {
-            if !self.parser.poll(buf, limits, &mut self.head)? {
-                return Ok(None);
-            }
-            self.head_done = true;
+        if !self.poll_head(buf, limits)? {
+            return Ok(None);
         }
         let consumed = match self.head.body {
             BodyKind::Empty => self.head.len,
+            BodyKind::Length(n) if n > limits.max_body_bytes => {
+                return Err(HttpError::BODY_TOO_LARGE)
+            }
             BodyKind::Length(n) => {
-                // `framing` bounded `n` by `max_body_bytes`.
                 let end = self.head.len + n as usize;
                 if buf.len() < end {
                     return Ok(None);
@@ -448,6 +446,28 @@ impl RequestReader {
         };
         self.consumed = Some(consumed);
         Ok(Some(consumed))
+    }
+
+    /// Reads only as far as the end of the head: `Ok(true)` once it is
+    /// parsed (see [`head`](Self::head)). The connection stops here to run
+    /// the policies before any body byte is read; [`poll`](Self::poll) then
+    /// goes on from the same state, the body's size limit included.
+    pub fn poll_head(&mut self, buf: &[u8], limits: &Limits) -> Result<bool, HttpError> {
+        if !self.head_done {
+            if !self.parser.poll(buf, limits, &mut self.head)? {
+                return Ok(false);
+            }
+            self.head_done = true;
+        }
+        Ok(true)
+    }
+
+    /// Gives back a large decoded-body buffer after a request, so one big
+    /// chunked upload does not pin its memory for the connection's life.
+    pub fn shrink(&mut self, keep: usize) {
+        if self.payload.capacity() > keep {
+            self.payload = Vec::new();
+        }
     }
 
     /// Removes the raw chunked-body bytes already decoded from `buf` (which
