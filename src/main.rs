@@ -181,10 +181,11 @@ fn warn_about_config(config: &Config) {
     }
 }
 
-/// Each connection and child pipe is a descriptor; the soft limit (often
-/// 1024) is far below what one worker's connection limit allows.
 /// How often freed heap memory is handed back to the kernel.
 const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// Allocations at least this large are mmapped, so freeing them frees memory.
+#[cfg(target_env = "gnu")]
+const MMAP_THRESHOLD_BYTES: i32 = 256 * 1024;
 
 /// glibc keeps memory freed by the workers' arenas (after a burst of
 /// thousands of connections, tens of MiB) until something trims it; a thread
@@ -192,6 +193,14 @@ const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 fn start_memory_trim() {
     #[cfg(target_env = "gnu")]
     {
+        // A fixed mmap threshold: glibc otherwise raises it to the size of
+        // each large block freed (up to 32 MiB), so after one 12 MiB request
+        // the next ones come from the heap and stay there. Blocks above it
+        // (large bodies, answers, buffers) go back to the kernel when freed.
+        // SAFETY: mallopt only sets an allocator parameter.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+        }
         let spawned = std::thread::Builder::new()
             .name("ringgate-trim".into())
             .spawn(|| loop {
@@ -208,6 +217,8 @@ fn start_memory_trim() {
     }
 }
 
+/// Each connection and child pipe is a descriptor; the soft limit (often
+/// 1024) is far below what one worker's connection limit allows.
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
