@@ -1,6 +1,5 @@
 //! Unit tests of the CEL module.
 
-use super::value::base64;
 use super::*;
 
 /// `reference/whois-alice.json`: tailscaled's answer for a user's node.
@@ -467,9 +466,13 @@ fn value_display_and_json() {
         "18446744073709551615"
     );
     assert_eq!(Value::Float(f64::NAN).to_json(), serde_json::json!("NaN"));
-    assert_eq!(base64(b"ab"), "YWI=");
-    assert_eq!(base64(b"abc"), "YWJj");
-    assert_eq!(base64(b"a"), "YQ==");
+    // Bytes are standard base64 (`+` and `/`), padded.
+    let b64 = |b: &[u8]| Value::Bytes(b.to_vec()).to_json();
+    assert_eq!(b64(b"ab"), serde_json::json!("YWI="));
+    assert_eq!(b64(b"abc"), serde_json::json!("YWJj"));
+    assert_eq!(b64(b"a"), serde_json::json!("YQ=="));
+    assert_eq!(b64(&[0xfb, 0xff]), serde_json::json!("+/8="));
+    assert_eq!(b64(b""), serde_json::json!(""));
 }
 
 /// `extauthz.K` is read from the metadata directly; the interpreter

@@ -9,6 +9,8 @@ use ::cel::common::types::{
     CelString, CelType, CelUInt, Kind,
 };
 use ::cel::common::value::Val;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 
 /// An owned evaluation result.
 ///
@@ -84,7 +86,7 @@ impl Value {
                 J::Number,
             ),
             Value::Null => J::Null,
-            Value::Bytes(b) => J::String(base64(b)),
+            Value::Bytes(b) => J::String(STANDARD.encode(b)),
             Value::List(items) => J::Array(items.iter().map(Value::to_json).collect()),
             Value::Map(entries) => J::Object(
                 entries
@@ -109,27 +111,6 @@ impl fmt::Display for Value {
             Value::List(_) | Value::Map(_) => write!(f, "{}", self.to_json()),
         }
     }
-}
-
-pub(super) fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// A [`Value`] as a CEL value that borrows its strings and bytes.
