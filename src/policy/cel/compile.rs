@@ -39,6 +39,17 @@ const FIELDS: &[(&str, &[&str])] = &[
 /// as a call on the identifier `optional`, which is not a variable.
 const FUNCTION_NAMESPACES: &[&str] = &["optional"];
 
+/// Standard functions this build leaves out, with what they work on: the
+/// `cel` crate's `regex` and `chrono` features are off (they pull in regex,
+/// chrono and chrono-tz, and no documented expression needs them). A call is
+/// a load error, as an unknown variable is, rather than a failure on every
+/// request.
+const UNSUPPORTED_FUNCTIONS: &[(&str, &str)] = &[
+    ("matches", "regular expressions"),
+    ("timestamp", "timestamps"),
+    ("duration", "durations"),
+];
+
 impl Expr {
     /// Compile once. `allowed` lists the top-level variables the expression
     /// may read (e.g. `["source", "request"]`).
@@ -146,6 +157,7 @@ impl<'c> RefCheck<'c> {
                 self.walk(&sel.operand);
             }
             Node::Call(call) => {
+                self.function(e.id, &call.func_name);
                 if let Some(target) = &call.target {
                     let namespace = matches!(&target.expr, Node::Ident(n)
                         if FUNCTION_NAMESPACES.contains(&n.as_str()) && !self.is_variable(n));
@@ -202,6 +214,15 @@ impl<'c> RefCheck<'c> {
             "unknown variable `{name}`{} (variables here: {known})",
             self.position(id)
         ));
+    }
+
+    fn function(&mut self, id: u64, name: &str) {
+        if let Some((_, what)) = UNSUPPORTED_FUNCTIONS.iter().find(|(f, _)| *f == name) {
+            self.errors.push(format!(
+                "function `{name}` is not supported{} (ringgate's CEL has no {what})",
+                self.position(id)
+            ));
+        }
     }
 
     fn field(&mut self, id: u64, root: &str, field: &str) {

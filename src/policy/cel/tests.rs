@@ -281,6 +281,38 @@ fn unknown_variable_is_a_compile_error() {
     assert!(err.contains("`a`") && err.contains("`b`"), "{err}");
 }
 
+/// The standard functions the `cel` crate gives only with its `regex` and
+/// `chrono` features, which ringgate leaves off: a load error, where they
+/// would otherwise fail on every request.
+#[test]
+fn functions_left_out_are_a_compile_error() {
+    for (src, name, column) in [
+        // The position is the call's opening parenthesis.
+        ("request.path.matches('^/mcp')", "matches", 21),
+        ("matches(request.path, '^/mcp')", "matches", 8),
+        ("timestamp('2026-05-27T09:00:00Z')", "timestamp", 10),
+        ("[1].exists(x, duration('1s') == x)", "duration", 23),
+    ] {
+        let err = Expr::compile(src, REQUEST).unwrap_err();
+        assert!(err.contains(&format!("`{name}`")), "{src}: {err}");
+        assert!(err.contains("not supported"), "{src}: {err}");
+        assert!(
+            err.contains(&format!("line 1, column {column}")),
+            "{src}: {err}"
+        );
+    }
+    // A variable or field of that name is not a call.
+    let vars = request("100.84.21.7");
+    assert_eq!(
+        eval("[1].map(matches, matches + 1)", REQUEST, &vars).unwrap(),
+        Value::List(vec![Value::Int(2)])
+    );
+    assert_eq!(
+        eval("has(request.headers.timestamp)", REQUEST, &vars).unwrap(),
+        Value::Bool(false)
+    );
+}
+
 #[test]
 fn bound_names_and_types_are_not_variables() {
     let vars = request("100.84.21.7");
