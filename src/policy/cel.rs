@@ -23,6 +23,7 @@
 //! `value` (the owned [`Value`] and its conversions).
 
 mod compile;
+mod error;
 mod eval;
 mod fast;
 mod json;
@@ -40,6 +41,7 @@ use ::cel::Env;
 use json::json_fn;
 
 pub use compile::Expr;
+pub use error::{CompileError, EvalError, Position, ReferenceError, SyntaxError};
 pub use value::Value;
 pub use vars::{ResponseVars, Vars};
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ::cel::common::ast::{EntryExpr, Expr as Node, IdedExpr};
 use ::cel::{Env, Program};
 
+use super::error::{CompileError, Position, ReferenceError, SyntaxError};
 use super::fast::{fast_path, Part};
 use super::ENV;
 
@@ -53,9 +54,9 @@ const UNSUPPORTED_FUNCTIONS: &[(&str, &str)] = &[
 impl Expr {
     /// Compile once. `allowed` lists the top-level variables the expression
     /// may read (e.g. `["source", "request"]`).
-    pub fn compile(src: &str, allowed: &[&str]) -> Result<Expr, String> {
+    pub fn compile(src: &str, allowed: &[&str]) -> Result<Expr, CompileError> {
         if src.trim().is_empty() {
-            return Err("empty expression".to_owned());
+            return Err(CompileError::Empty);
         }
         let program = ENV
             .with(|env| env.compile(src))
@@ -69,7 +70,7 @@ impl Expr {
         };
         check.walk(program.expression());
         if !check.errors.is_empty() {
-            return Err(check.errors.join("; "));
+            return Err(CompileError::References(check.errors));
         }
         let fast = fast_path(program.expression());
         let extauthz_key = match &program.expression().expr {
@@ -112,22 +113,24 @@ impl fmt::Debug for Expr {
     }
 }
 
-fn syntax_error(src: &str, errors: &::cel::ParseErrors) -> String {
-    let mut msg = String::new();
-    for (i, e) in errors.errors.iter().enumerate() {
-        if i > 0 {
-            msg.push_str("; ");
-        }
-        let (line, col) = e.pos;
-        let detail = e.msg.strip_prefix("Syntax error: ").unwrap_or(&e.msg);
-        msg.push_str(&format!(
-            "syntax error at line {line}, column {col}: {detail}"
-        ));
+fn syntax_error(src: &str, errors: &::cel::ParseErrors) -> CompileError {
+    let errors = errors
+        .errors
+        .iter()
+        .map(|e| {
+            let (line, column) = e.pos;
+            let message = e.msg.strip_prefix("Syntax error: ").unwrap_or(&e.msg);
+            SyntaxError {
+                line,
+                column,
+                message: message.to_owned(),
+            }
+        })
+        .collect();
+    CompileError::Syntax {
+        errors,
+        expression: src.trim().to_owned(),
     }
-    if msg.is_empty() {
-        msg = "syntax error".to_owned();
-    }
-    format!("{msg} (in `{}`)", src.trim())
 }
 
 /// Checks identifiers against the variables a key provides, at load, so a
@@ -138,7 +141,7 @@ struct RefCheck<'c> {
     bound: Vec<&'c str>,
     src: &'c str,
     program: &'c Program,
-    errors: Vec<String>,
+    errors: Vec<ReferenceError>,
 }
 
 impl<'c> RefCheck<'c> {
@@ -205,23 +208,20 @@ impl<'c> RefCheck<'c> {
         if name.starts_with('@') || self.is_variable(name) || ENV.with(|env| is_type(env, name)) {
             return;
         }
-        let known = if self.allowed.is_empty() {
-            "none".to_owned()
-        } else {
-            self.allowed.join(", ")
-        };
-        self.errors.push(format!(
-            "unknown variable `{name}`{} (variables here: {known})",
-            self.position(id)
-        ));
+        self.errors.push(ReferenceError::UnknownVariable {
+            name: name.to_owned(),
+            at: self.position(id),
+            allowed: self.allowed.iter().map(|&a| a.to_owned()).collect(),
+        });
     }
 
     fn function(&mut self, id: u64, name: &str) {
-        if let Some((_, what)) = UNSUPPORTED_FUNCTIONS.iter().find(|(f, _)| *f == name) {
-            self.errors.push(format!(
-                "function `{name}` is not supported{} (ringgate's CEL has no {what})",
-                self.position(id)
-            ));
+        if let Some(&(name, lacking)) = UNSUPPORTED_FUNCTIONS.iter().find(|(f, _)| *f == name) {
+            self.errors.push(ReferenceError::UnsupportedFunction {
+                name,
+                at: self.position(id),
+                lacking,
+            });
         }
     }
 
@@ -233,22 +233,21 @@ impl<'c> RefCheck<'c> {
             return;
         };
         if !fields.contains(&field) {
-            self.errors.push(format!(
-                "unknown field `{root}.{field}`{} (fields of `{root}`: {})",
-                self.position(id),
-                fields.join(", ")
-            ));
+            self.errors.push(ReferenceError::UnknownField {
+                root: root.to_owned(),
+                field: field.to_owned(),
+                at: self.position(id),
+                fields,
+            });
         }
     }
 
-    fn position(&self, id: u64) -> String {
-        let Some((start, _)) = self.program.source_info().offset_for(id) else {
-            return String::new();
-        };
+    fn position(&self, id: u64) -> Option<Position> {
+        let (start, _) = self.program.source_info().offset_for(id)?;
         let before: String = self.src.chars().take(start as usize).collect();
         let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        format!(" at line {line}, column {col}")
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        Some(Position { line, column })
     }
 }
 

@@ -132,8 +132,10 @@ fn answer<'a>(body: &'a str) -> Vars<'a> {
     }
 }
 
-fn eval(src: &str, allowed: &[&str], vars: &Vars) -> Result<Value, String> {
-    Expr::compile(src, allowed)?.eval(vars)
+/// Compiles (which must succeed) and evaluates.
+fn eval(src: &str, allowed: &[&str], vars: &Vars) -> Result<Value, EvalError> {
+    let expr = Expr::compile(src, allowed).unwrap_or_else(|e| panic!("{src}: {e}"));
+    expr.eval(vars)
 }
 
 #[test]
@@ -245,15 +247,22 @@ fn null_cap_map() {
         eval(role, METADATA, &answer(WHOIS_ALICE)).unwrap(),
         Value::String("admin".into())
     );
-    assert!(cap.eval_string(&tagged).unwrap_err().contains("null"));
+    let err = cap.eval_string(&tagged).unwrap_err();
+    assert!(err.to_string().contains("null"));
+    assert_eq!(
+        err,
+        EvalError::WrongType {
+            expected: "string",
+            got: "null".into()
+        }
+    );
 }
 
 #[test]
 fn syntax_error_is_a_compile_error() {
-    assert_eq!(
-        Expr::compile(" \n", REQUEST).unwrap_err(),
-        "empty expression"
-    );
+    let err = Expr::compile(" \n", REQUEST).unwrap_err();
+    assert_eq!(err, CompileError::Empty);
+    assert_eq!(err.to_string(), "empty expression");
     for src in [
         "\"/a\" +",
         "source.address +* 1",
@@ -261,23 +270,42 @@ fn syntax_error_is_a_compile_error() {
         "a b",
     ] {
         let err = Expr::compile(src, METADATA).unwrap_err();
+        assert!(matches!(&err, CompileError::Syntax { errors, .. } if !errors.is_empty()));
+        let err = err.to_string();
         assert!(err.contains("syntax error"), "{src}: {err}");
     }
 }
 
 #[test]
 fn unknown_variable_is_a_compile_error() {
-    let err = Expr::compile("\"/w?addr=\" + sauce.address", REQUEST).unwrap_err();
+    let compile = |src: &str, allowed: &[&str]| Expr::compile(src, allowed).unwrap_err();
+    let err = compile("\"/w?addr=\" + sauce.address", REQUEST);
+    assert_eq!(
+        err,
+        CompileError::References(vec![ReferenceError::UnknownVariable {
+            name: "sauce".into(),
+            at: Some(Position {
+                line: 1,
+                column: 14
+            }),
+            allowed: vec!["source".into(), "request".into()],
+        }])
+    );
+    let err = err.to_string();
     assert!(err.contains("`sauce`"), "{err}");
     assert!(err.contains("line 1, column 14"), "{err}");
     // `response` exists only for metadata, `extauthz` only for access logs.
-    let err = Expr::compile("json(response.body).Node.Name", REQUEST).unwrap_err();
+    let err = compile("json(response.body).Node.Name", REQUEST).to_string();
     assert!(err.contains("`response`"), "{err}");
-    let err = Expr::compile("extauthz.tailscaleNode", METADATA).unwrap_err();
+    let err = compile("extauthz.tailscaleNode", METADATA).to_string();
     assert!(err.contains("`extauthz`"), "{err}");
-    let err = Expr::compile("source.adress", REQUEST).unwrap_err();
+    let err = compile("source.adress", REQUEST);
+    assert!(matches!(&err, CompileError::References(r)
+        if matches!(&r[..], [ReferenceError::UnknownField { root, field, .. }]
+            if root == "source" && field == "adress")));
+    let err = err.to_string();
     assert!(err.contains("`source.adress`"), "{err}");
-    let err = Expr::compile("a + b", &[]).unwrap_err();
+    let err = compile("a + b", &[]).to_string();
     assert!(err.contains("`a`") && err.contains("`b`"), "{err}");
 }
 
@@ -294,6 +322,9 @@ fn functions_left_out_are_a_compile_error() {
         ("[1].exists(x, duration('1s') == x)", "duration", 23),
     ] {
         let err = Expr::compile(src, REQUEST).unwrap_err();
+        assert!(matches!(&err, CompileError::References(r)
+            if matches!(&r[..], [ReferenceError::UnsupportedFunction { name: n, .. }] if n == &name)));
+        let err = err.to_string();
         assert!(err.contains(&format!("`{name}`")), "{src}: {err}");
         assert!(err.contains("not supported"), "{src}: {err}");
         assert!(
@@ -343,6 +374,8 @@ fn json_of_garbage_is_an_eval_error() {
     let name = Expr::compile("json(response.body).Node.Name", METADATA).unwrap();
     for body in ["not json", "{\"Node\": ", "{} trailing", "", "\u{0}"] {
         let err = name.eval(&answer(body)).unwrap_err();
+        assert!(matches!(err, EvalError::Execution(_)), "{body:?}: {err}");
+        let err = err.to_string();
         assert!(err.contains("json"), "{body:?}: {err}");
     }
     let bytes = [b'"', 0xff, b'"'];
@@ -379,7 +412,8 @@ fn json_of_strings_copied_or_borrowed() {
             REQUEST,
             &vars
         )
-        .unwrap_err(),
+        .unwrap_err()
+        .to_string(),
         "Error executing function 'json': expected value at line 1 column 1"
     );
 }
@@ -668,4 +702,58 @@ fn timing() {
     println!("json(response.body).Node.Name:   {json:8.1} ns/eval (alice)");
     println!("serde_json::Value parse + index: {tree:8.1} ns (reference)");
     println!("request.method == 'POST':        {filter:8.1} ns/eval");
+}
+
+/// The messages config errors and logs show, word for word.
+#[test]
+fn error_messages() {
+    let compile =
+        |src: &str, allowed: &[&str]| Expr::compile(src, allowed).unwrap_err().to_string();
+    for (got, want) in [
+        (compile(" \n", REQUEST), "empty expression"),
+        (compile("a + b", &[]), "unknown variable `a` at line 1, column 1 (variables here: none); unknown variable `b` at line 1, column 5 (variables here: none)"),
+        (compile("source.adress", REQUEST), "unknown field `source.adress` at line 1, column 1 (fields of `source`: address, port)"),
+        (compile("\"/w?addr=\" + sauce.address", REQUEST), "unknown variable `sauce` at line 1, column 14 (variables here: source, request)"),
+        (compile("request.path.matches('x')", REQUEST), "function `matches` is not supported at line 1, column 21 (ringgate's CEL has no regular expressions)"),
+        (compile(" a b\n", METADATA), "syntax error at line 1, column 4: extraneous input 'b' expecting <EOF> (in `a b`)"),
+        (compile("\"/a\" +", REQUEST), r#"syntax error at line 1, column 7: mismatched input '<EOF>' expecting {'[', '{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER} (in `"/a" +`)"#),
+        (compile("[a b, c d]", REQUEST), "syntax error at line 1, column 4: extraneous input 'b' expecting {']', ','}; syntax error at line 1, column 7: mismatched input 'c' expecting {'==', '!=', 'in', '<', '<=', '>=', '>', '&&', '||', '[', ']', '.', ',', '-', '?', '+', '*', '/', '%'} (in `[a b, c d]`)"),
+    ] {
+        assert_eq!(got, want);
+    }
+    let tagged = answer(WHOIS_TAGGED);
+    let expr = |src: &str| Expr::compile(src, METADATA).unwrap();
+    for (got, want) in [
+        (
+            expr("json(response.body).CapMap")
+                .eval_string(&tagged)
+                .unwrap_err()
+                .to_string(),
+            "expected a string, got null",
+        ),
+        (
+            expr(SEED_PATH).eval_bool(&tagged).unwrap_err().to_string(),
+            "expected a bool, got string",
+        ),
+        (
+            expr("source.port")
+                .eval_bool(&tagged)
+                .unwrap_err()
+                .to_string(),
+            "expected a bool, got int",
+        ),
+        (
+            expr("request.headers['Host']")
+                .eval(&tagged)
+                .unwrap_err()
+                .to_string(),
+            "No such key: Host",
+        ),
+        (
+            expr("json(1)").eval(&tagged).unwrap_err().to_string(),
+            "found no matching overload for 'json' applied to '(int)'",
+        ),
+    ] {
+        assert_eq!(got, want);
+    }
 }

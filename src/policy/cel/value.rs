@@ -12,6 +12,8 @@ use ::cel::common::value::Val;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
+use super::error::EvalError;
+
 /// An owned evaluation result.
 ///
 /// `Display` is for logs: strings and bytes (lossy UTF-8) are written bare,
@@ -147,15 +149,15 @@ fn value_to_key(v: &Value) -> Option<CelMapKey<'_>> {
 
 /// Converts an owned result, moving a top-level string out rather than
 /// copying it (the common case: a concatenation's result).
-pub(super) fn owned_to_value(b: Box<dyn Val + '_>) -> Result<Value, String> {
+pub(super) fn owned_to_value(b: Box<dyn Val + '_>) -> Result<Value, EvalError> {
     match String::try_from(b) {
         Ok(s) => Ok(Value::String(s)),
         Err(b) => to_value(b.as_ref()),
     }
 }
 
-pub(super) fn to_value(v: &dyn Val) -> Result<Value, String> {
-    let unexpected = || format!("cannot convert a value of type {}", v.get_type().name());
+pub(super) fn to_value(v: &dyn Val) -> Result<Value, EvalError> {
+    let unexpected = || EvalError::Unconvertible(v.get_type().name().to_owned());
     Ok(match v.get_type().kind() {
         Kind::String => Value::String(
             v.downcast_ref::<CelString>()
@@ -192,7 +194,7 @@ pub(super) fn to_value(v: &dyn Val) -> Result<Value, String> {
                 .inner()
                 .iter()
                 .map(|(k, x)| Ok((to_value(k.inner())?, to_value(x.as_ref())?)))
-                .collect::<Result<Vec<_>, String>>()?;
+                .collect::<Result<Vec<_>, EvalError>>()?;
             entries.sort_by(|a, b| key_order(&a.0, &b.0));
             Value::Map(entries)
         }
