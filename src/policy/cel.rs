@@ -20,7 +20,8 @@
 //! syntax and reference checks), `fast` (the natively rendered concatenations),
 //! `eval` (evaluation, fast path or interpreter), `vars` (the per-request
 //! [`Vars`] and the resolver that serves them), `json` (`json(x)`) and
-//! `value` (the owned [`Value`] and its conversions).
+//! `value` (the owned [`Value`] and its conversions); `error` holds
+//! [`CompileError`] and [`EvalError`].
 
 mod compile;
 mod error;
