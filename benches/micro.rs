@@ -195,7 +195,7 @@ fn chunked(c: &mut Criterion) {
 }
 
 /// tailscaled's answer for a user's node, the shape the seed's metadata reads
-/// (as in `src/policy/cel.rs`'s tests).
+/// (as in `src/policy/cel/tests.rs`).
 const WHOIS_ALICE: &str = r#"{
 	"Node": {
 		"ID": 7100000000000002,

@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 
 use crate::config::{ExtAuthz, FailureMode};
 use crate::http::response::Response;
-use crate::policy::cel::{ResponseVars, Value, Vars};
+use crate::policy::cel::{EvalError, ResponseVars, Value, Vars};
 use crate::stats::{AuthzOutcome, Stats};
 use cache::{Cache, Lookup};
 use client::{AuthzClient, CheckRequest, CheckResponse, ClientConfig, Target};
@@ -119,7 +119,7 @@ fn denied(status: u16) -> Response {
     Response::text(status, "external authorization failed")
 }
 
-fn fail(what: &str, e: String) -> Failure {
+fn fail(what: &str, e: EvalError) -> Failure {
     format!("{what}: {e}").into()
 }
 
