@@ -31,7 +31,7 @@ use thiserror::Error;
 
 pub use answer::{parse_answer, CheckResponse};
 pub use encode::CheckRequest;
-pub use target::Target;
+pub use target::{Target, TargetError};
 
 use encode::encode_request;
 use pool::IdleConn;

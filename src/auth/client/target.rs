@@ -4,6 +4,8 @@ use std::fmt;
 use std::net::Ipv6Addr;
 use std::path::PathBuf;
 
+use thiserror::Error;
+
 /// `sun_path` is 108 bytes including the terminating NUL.
 pub(super) const MAX_UNIX_PATH_BYTES: usize = 107;
 
@@ -18,39 +20,56 @@ pub enum Target {
     },
 }
 
+/// Why a `host` value names no target; each carries the value as written.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TargetError {
+    #[error("{0:?}: expected unix:/path/to/socket")]
+    EmptyUnixPath(String),
+    #[error("{0:?}: a socket path must be at most {MAX_UNIX_PATH_BYTES} bytes, without NUL")]
+    UnixPath(String),
+    #[error("{0:?}: expected unix:/path/to/socket or host:port, not a URL")]
+    Url(String),
+    #[error("{0:?}: expected unix:/path/to/socket or host:port")]
+    NoPort(String),
+    #[error("{0:?}: port must be 1-65535")]
+    Port(String),
+    #[error("{0:?}: bad IPv6 literal")]
+    Ipv6(String),
+    #[error("{0:?}: expected unix:/path/to/socket or host:port; IPv6 goes in brackets")]
+    Host(String),
+}
+
 impl Target {
     /// Parses `unix:/path/to/socket` or `host:port` (`[v6]:port` for IPv6).
-    pub fn parse(s: &str) -> Result<Target, String> {
+    pub fn parse(s: &str) -> Result<Target, TargetError> {
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err(format!("{s:?}: expected unix:/path/to/socket"));
+                return Err(TargetError::EmptyUnixPath(s.into()));
             }
             if path.len() > MAX_UNIX_PATH_BYTES || path.contains('\0') {
-                return Err(format!(
-                    "{s:?}: a socket path must be at most {MAX_UNIX_PATH_BYTES} bytes, without NUL"
-                ));
+                return Err(TargetError::UnixPath(s.into()));
             }
             return Ok(Target::Unix(PathBuf::from(path)));
         }
-        let shape = || format!("{s:?}: expected unix:/path/to/socket or host:port");
         if s.contains("://") {
-            return Err(format!("{}, not a URL", shape()));
+            return Err(TargetError::Url(s.into()));
         }
-        let (host, port) = s.rsplit_once(':').ok_or_else(shape)?;
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| TargetError::NoPort(s.into()))?;
         let port = match port.parse::<u16>() {
             Ok(p) if p != 0 && port.bytes().all(|b| b.is_ascii_digit()) => p,
-            _ => return Err(format!("{s:?}: port must be 1-65535")),
+            _ => return Err(TargetError::Port(s.into())),
         };
         let host = if let Some(inner) = host.strip_prefix('[') {
             let ip = inner
                 .strip_suffix(']')
                 .and_then(|h| h.parse::<Ipv6Addr>().ok());
-            ip.ok_or_else(|| format!("{s:?}: bad IPv6 literal"))?
-                .to_string()
+            ip.ok_or_else(|| TargetError::Ipv6(s.into()))?.to_string()
         } else {
             let valid = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_';
             if host.is_empty() || !host.bytes().all(valid) {
-                return Err(format!("{}; IPv6 goes in brackets", shape()));
+                return Err(TargetError::Host(s.into()));
             }
             host.to_string()
         };
