@@ -100,6 +100,8 @@ impl AuthzState {
         let target = Target::parse(&cfg.host)?;
         let mut cc = ClientConfig::new(target);
         cc.timeout = cfg.timeout;
+        cc.max_connections = cfg.connections.max;
+        cc.max_waiting = cfg.connections.max_waiting;
         Ok(AuthzState {
             client: AuthzClient::new(cc),
             cache: Rc::new(Cache::new(cfg.cache.max_entries)),
@@ -124,15 +126,26 @@ pub async fn check(state: &AuthzState, cfg: &ExtAuthz, vars: &Vars<'_>, stats: &
     match answer {
         Ok(d) if d.allowed => Verdict::Allow(Some(d), source),
         Ok(_) => Verdict::Deny(denied(403), source),
-        Err(reason) => {
-            let reason = reason.to_string();
+        Err(failure) => {
+            let reason = failure.to_string();
             warn!(reason = reason.as_str(), "external authorization failed");
             match cfg.failure_mode {
+                // An overloaded service must not open the door: a flood of
+                // strangers would otherwise let itself in.
+                FailureMode::Allow if failure.is_refusal() => Verdict::Deny(denied(403), source),
                 FailureMode::Allow => Verdict::Allow(None, source),
                 FailureMode::Deny => Verdict::Deny(denied(403), source),
                 FailureMode::DenyWithStatus(s) => Verdict::Deny(denied(s), source),
             }
         }
+    }
+}
+
+impl Failure {
+    /// No call was made: every connection stayed busy, or too many checks
+    /// already waited for one.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Failure::Service(e) if e.is_refusal())
     }
 }
 
@@ -239,11 +252,20 @@ async fn lookup(
         }
     };
     let started = Instant::now();
-    let answer = match state.client.send(&req).await {
+    let call = state.client.call(&req).await;
+    let refused = call.result.as_ref().is_err_and(|e| e.is_refusal());
+    if call.waited {
+        stats.authz_wait(refused);
+    }
+    let answer = match call.result {
         Ok(resp) => decide(cfg, vars, &resp),
+        // A refusal is a failure like any other: never cached, failureMode
+        // decides, and a deny is a deny, never an allow.
         Err(e) => Err(Failure::Service(Rc::new(e))),
     };
-    stats.whois(started.elapsed());
+    if !refused {
+        stats.whois(started.elapsed());
+    }
     debug!(
         path = req.path,
         elapsed_us = started.elapsed().as_micros() as u64,

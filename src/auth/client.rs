@@ -19,12 +19,13 @@
 
 mod answer;
 mod encode;
+mod limit;
 mod pool;
+mod resolve;
 mod target;
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -34,13 +35,17 @@ pub use encode::CheckRequest;
 pub use target::{Target, TargetError};
 
 use encode::encode_request;
+use limit::Limit;
 use pool::IdleConn;
+use resolve::Resolver;
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 1_000;
 pub const DEFAULT_MAX_HEAD_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_IDLE_CONNECTIONS: usize = 8;
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+pub const DEFAULT_MAX_WAITING: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -52,6 +57,10 @@ pub struct ClientConfig {
     pub max_idle_connections: usize,
     /// Pooled connections idle longer than this are closed rather than reused.
     pub idle_timeout: Duration,
+    /// Calls in flight at once, hence connections open (at least 1).
+    pub max_connections: usize,
+    /// Calls waiting for one in flight to end; beyond, refused at once.
+    pub max_waiting: usize,
 }
 
 impl ClientConfig {
@@ -63,6 +72,8 @@ impl ClientConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_idle_connections: DEFAULT_MAX_IDLE_CONNECTIONS,
             idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_waiting: DEFAULT_MAX_WAITING,
         }
     }
 }
@@ -88,6 +99,12 @@ pub enum ClientError {
     /// The check request itself cannot be sent (bad method, path or header).
     #[error("invalid check request: {0}")]
     InvalidRequest(&'static str),
+    /// Every connection stayed busy for the whole timeout.
+    #[error("no connection free within {0:?}")]
+    Busy(Duration),
+    /// Too many checks were already waiting for a connection.
+    #[error("{0} checks already waiting for a connection")]
+    QueueFull(usize),
 }
 
 impl ClientError {
@@ -101,7 +118,14 @@ impl ClientError {
             ClientError::TooLarge(_) => "too_large",
             ClientError::Closed => "closed",
             ClientError::InvalidRequest(_) => "invalid_request",
+            ClientError::Busy(_) => "busy",
+            ClientError::QueueFull(_) => "queue_full",
         }
+    }
+
+    /// The call was never made: the bound on calls in flight refused it.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ClientError::Busy(_) | ClientError::QueueFull(_))
     }
 }
 
@@ -118,6 +142,27 @@ pub struct ClientStats {
     /// them or sent bytes nobody asked for (an answer to no request must
     /// never be read as the answer to the next one).
     pub unclean_idle: u64,
+    /// Calls that had to wait for another to end (all calls in flight).
+    pub waits: u64,
+    /// Calls refused by the bound: waited the whole timeout, or found the
+    /// queue full.
+    pub refused: u64,
+}
+
+/// One call's result, and whether it had to wait for a free connection.
+#[derive(Debug)]
+pub struct Call {
+    pub result: Result<CheckResponse, ClientError>,
+    pub waited: bool,
+}
+
+impl Call {
+    fn now(result: Result<CheckResponse, ClientError>) -> Call {
+        Call {
+            result,
+            waited: false,
+        }
+    }
 }
 
 /// Why one exchange failed: `Stale` is the only failure worth a retry.
@@ -129,16 +174,23 @@ enum Failure {
 pub struct AuthzClient {
     cfg: ClientConfig,
     idle: RefCell<Vec<IdleConn>>,
-    resolved: RefCell<Option<(Instant, Vec<SocketAddr>)>>,
+    limit: Limit,
+    /// For a `host:port` target.
+    resolver: Option<Resolver>,
     stats: Cell<ClientStats>,
 }
 
 impl AuthzClient {
     pub fn new(cfg: ClientConfig) -> Self {
+        let resolver = match &cfg.target {
+            Target::Tcp { host, port } => Some(Resolver::new(host, *port)),
+            Target::Unix(_) => None,
+        };
         AuthzClient {
             idle: RefCell::new(Vec::with_capacity(cfg.max_idle_connections)),
+            limit: Limit::new(cfg.max_connections, cfg.max_waiting),
+            resolver,
             cfg,
-            resolved: RefCell::new(None),
             stats: Cell::new(ClientStats::default()),
         }
     }
@@ -155,16 +207,61 @@ impl AuthzClient {
         self.idle.borrow().len()
     }
 
+    /// Calls in flight now (each holds at most one connection).
+    pub fn in_flight(&self) -> usize {
+        self.limit.in_use()
+    }
+
+    /// Calls waiting now for one in flight to end.
+    pub fn waiting(&self) -> usize {
+        self.limit.waiting()
+    }
+
     /// Sends one check and reads its whole answer, within `cfg.timeout`.
     pub async fn send(&self, req: &CheckRequest) -> Result<CheckResponse, ClientError> {
-        let wire = encode_request(req)?;
+        self.call(req).await.result
+    }
+
+    /// [`AuthzClient::send`], telling also whether the call waited for a
+    /// free connection. Waiting counts against the same timeout.
+    pub async fn call(&self, req: &CheckRequest) -> Call {
+        let started = Instant::now();
+        let wire = match encode_request(req) {
+            Ok(w) => w,
+            Err(e) => return Call::now(Err(e)),
+        };
         let head_only = req.method.eq_ignore_ascii_case("HEAD");
+        let (permit, waited) = match self.limit.try_acquire() {
+            Some(p) => (p, false),
+            None => {
+                self.bump(|s| s.waits += 1);
+                let refused = |e| {
+                    self.bump(|s| s.refused += 1);
+                    Call {
+                        result: Err(e),
+                        waited: true,
+                    }
+                };
+                let Some(wait) = self.limit.wait() else {
+                    return refused(ClientError::QueueFull(self.cfg.max_waiting));
+                };
+                match monoio::time::timeout(self.cfg.timeout, wait).await {
+                    Ok(p) => (p, true),
+                    Err(_) => return refused(ClientError::Busy(self.cfg.timeout)),
+                }
+            }
+        };
+        let left = self.cfg.timeout.saturating_sub(started.elapsed());
         // Dropping the inner future on timeout drops the connection it holds,
         // so a connection with an answer still in flight is never pooled.
-        match monoio::time::timeout(self.cfg.timeout, self.send_inner(wire, head_only)).await {
+        let result = match monoio::time::timeout(left, self.send_inner(wire, head_only)).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout(self.cfg.timeout)),
-        }
+        };
+        // Given back after the connection went back to the pool, so the next
+        // waiter reuses it rather than opening another.
+        drop(permit);
+        Call { result, waited }
     }
 
     async fn send_inner(

@@ -2,9 +2,9 @@
 //! (write the request, read one answer) on a connection.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::rc::Rc;
+use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpStream, UnixStream};
@@ -12,9 +12,6 @@ use monoio::net::{TcpStream, UnixStream};
 use super::answer::{AnswerParser, Progress};
 use super::{AuthzClient, CheckResponse, ClientError, Failure, Target};
 
-/// Re-resolve a TCP host name this often; the lookup blocks the worker, so it
-/// must not happen per connect (an IP literal never resolves).
-const DNS_TTL_MS: u64 = 60_000;
 const READ_BUF_BYTES: usize = 16 * 1024;
 
 enum Stream {
@@ -95,7 +92,7 @@ impl AuthzClient {
         self.bump(|s| s.connects += 1);
         let stream = match &self.cfg.target {
             Target::Unix(path) => UnixStream::connect(path).await.map(Stream::Unix),
-            Target::Tcp { host, port } => self.connect_tcp(host, *port).await.map(Stream::Tcp),
+            Target::Tcp { .. } => self.connect_tcp().await.map(Stream::Tcp),
         };
         match stream {
             Ok(stream) => Ok(Conn {
@@ -109,10 +106,14 @@ impl AuthzClient {
         }
     }
 
-    async fn connect_tcp(&self, host: &str, port: u16) -> io::Result<TcpStream> {
-        let addrs = self.resolve(host, port)?;
+    /// The addresses come from the resolver, which never blocks the worker.
+    async fn connect_tcp(&self) -> io::Result<TcpStream> {
+        let addrs = match &self.resolver {
+            Some(r) => r.addrs().await?,
+            None => Rc::from([]),
+        };
         let mut last = io::Error::new(io::ErrorKind::NotFound, "host resolved to no address");
-        for addr in addrs {
+        for &addr in addrs.iter() {
             match TcpStream::connect_addr(addr).await {
                 Ok(s) => {
                     // One write per request, so Nagle would only add delay.
@@ -123,20 +124,6 @@ impl AuthzClient {
             }
         }
         Err(last)
-    }
-
-    fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(vec![SocketAddr::new(ip, port)]);
-        }
-        if let Some((at, addrs)) = &*self.resolved.borrow() {
-            if at.elapsed() < Duration::from_millis(DNS_TTL_MS) {
-                return Ok(addrs.clone());
-            }
-        }
-        let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
-        *self.resolved.borrow_mut() = Some((Instant::now(), addrs.clone()));
-        Ok(addrs)
     }
 
     /// Writes `wire` and reads one answer. Gives `wire` back for a retry.
