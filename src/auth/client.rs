@@ -6,16 +6,19 @@
 //! one monoio worker (`Rc`, not `Send`) and works on both the io_uring and the
 //! legacy (epoll) drivers; the runtime must have its timer enabled.
 //!
-//! One call = connect or reuse, write an empty-bodied request, read one whole
-//! answer, all under a single deadline. Answers of any status are `Ok`: the
-//! caller decides allow or deny. The answer parser is
-//! sans-I/O, so the same bytes split anywhere give the same result, and it is
-//! strict about framing, because a lenient reader of a confused or hostile
-//! peer would take the tail of one answer for the head of the next.
+//! One call = wait for a permit if `max_connections` calls are in flight,
+//! connect or reuse, write an empty-bodied request, read one whole answer,
+//! all under a single deadline. Answers of any status are `Ok`: the caller
+//! decides allow or deny. The answer parser is sans-I/O, so the same bytes
+//! split anywhere give the same result, and it is strict about framing,
+//! because a lenient reader of a confused or hostile peer would take the tail
+//! of one answer for the head of the next.
 //!
-//! The parts: [`target`] (where the service listens), [`encode`] (the check
-//! request's bytes), [`answer`] (the answer parser), [`pool`] (connections,
-//! the idle pool and one exchange). This file is the client's API.
+//! The parts: `target` (where the service listens), `resolve` (host names,
+//! off the worker), `encode` (the check request's bytes), `answer` (the
+//! answer parser), `limit` (the bound on calls in flight), `pool`
+//! (connections, the idle pool and one exchange). This file is the client's
+//! API.
 
 mod answer;
 mod encode;
