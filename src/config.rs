@@ -269,12 +269,36 @@ pub struct ExtAuthz {
     pub failure_mode: FailureMode,
     pub timeout: Duration,
     pub cache: AuthzCache,
+    /// ringgate extension: per-worker bound on the calls to `host`.
+    pub connections: AuthzConnections,
 }
 
 pub const DEFAULT_AUTHZ_TIMEOUT_MS: u64 = 1_000;
 pub const DEFAULT_AUTHZ_CACHE_TTL_MS: u64 = 30_000;
 pub const DEFAULT_AUTHZ_CACHE_NEGATIVE_TTL_MS: u64 = 5_000;
 pub const DEFAULT_AUTHZ_CACHE_MAX_ENTRIES: usize = 10_000;
+
+pub const DEFAULT_AUTHZ_MAX_CONNECTIONS: usize = 32;
+pub const DEFAULT_AUTHZ_MAX_WAITING: usize = 1024;
+
+/// How many calls one worker makes to the authorization service at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthzConnections {
+    /// Calls in flight, hence connections open (each call holds one).
+    pub max: usize,
+    /// Checks waiting, in arrival order, for a call to end; beyond this a
+    /// check fails at once (failureMode applies).
+    pub max_waiting: usize,
+}
+
+impl Default for AuthzConnections {
+    fn default() -> Self {
+        AuthzConnections {
+            max: DEFAULT_AUTHZ_MAX_CONNECTIONS,
+            max_waiting: DEFAULT_AUTHZ_MAX_WAITING,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct AuthzCache {
