@@ -337,7 +337,7 @@ impl McpWorker {
         if pool.idle() == 0 {
             self.pool_waits.set(self.pool_waits.get() + 1);
         }
-        let child = match pool.take() {
+        let child = match pool.take().await {
             Ok(c) => c,
             Err(PoolError::Exhausted { .. }) => {
                 return Err(Reply::Status(503, "no MCP server available"))
