@@ -437,3 +437,39 @@ fn children_inherit_no_descriptor_but_their_stdio() {
     assert_eq!(delete(&p, ALICE, "/fault", &sid).status, 200);
     stop(p);
 }
+
+/// Running or stopped, as opposed to gone or a zombie (killed, waiting for
+/// whoever adopted it to reap it).
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .unwrap_or("?");
+    !matches!(state, "Z" | "X")
+}
+
+/// A SIGKILLed ringgate cannot stop its children, so the kernel does: no
+/// child outlives it, not even one that ignores stdin EOF and SIGTERM.
+#[test]
+fn no_child_outlives_a_killed_ringgate() {
+    let mut p = start("ignore-term", "");
+    let sid = initialize(&p, ALICE, "/fault");
+    let pid = session_pid(&p, &sid);
+    let r = call(&p, ALICE, "/fault", &sid, 5, "ok", json!({"message":"x"}));
+    assert_eq!(answer_text(&r, 5).as_deref(), Some("ok:x"));
+    // The session's child and the idle ones of both pools.
+    assert!(wait_until(WAIT, || live_children(&p) == 3));
+    let kids: Vec<u32> = children_of(p.pid()).iter().map(|(c, _)| *c).collect();
+    assert!(kids.contains(&pid), "{kids:?}");
+    p.signal(libc::SIGKILL);
+    p.wait_exit(WAIT).expect("ringgate killed");
+    for k in kids {
+        assert!(
+            wait_until(WAIT, || !alive(k)),
+            "child {k} outlived the killed ringgate"
+        );
+    }
+}

@@ -469,12 +469,35 @@ fn lost_status(pid: u32, e: io::Error) -> ExitStatus {
 /// keep that connection open after the proxy closed it, and could read or
 /// write another client's traffic. Marking instead of closing keeps std's
 /// own exec-error pipe working (it is close-on-exec already).
+///
+/// It also ties the child's life to ringgate's: `PR_SET_PDEATHSIG(SIGKILL)`
+/// kills it when the thread that forked it exits, and that thread (the
+/// process thread) lives as long as the process. So a SIGKILLed or crashed
+/// ringgate leaves no child behind, even one that ignores stdin EOF and
+/// SIGTERM. (Only the direct child: a grandchild, such as the node that npx
+/// runs, still sees stdin EOF and must exit by itself.) If ringgate died
+/// between fork and prctl, the child is already orphaned: it exits at once.
 fn before_exec(cmd: &mut Command) {
+    // SAFETY: getpid has no preconditions; read before the fork.
+    let parent = unsafe { libc::getpid() };
     // SAFETY: the hook runs in the forked child before exec and makes only
-    // raw syscalls (close_range, getrlimit, fcntl), which are
-    // async-signal-safe; it allocates nothing and takes no lock.
+    // raw syscalls (prctl, getppid, _exit, close_range, getrlimit, fcntl),
+    // which are async-signal-safe; it allocates nothing and takes no lock.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) == -1
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(127);
+            }
             mark_cloexec_above_stdio();
             Ok(())
         });
