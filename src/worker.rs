@@ -368,6 +368,13 @@ async fn worker_main(
         listeners.push(Rc::new(TcpListener::from_std(s)?));
     }
     info!(worker = id.0, driver, "worker started");
+    // Test hook for the exit-on-panic path (debug builds only).
+    if cfg!(debug_assertions)
+        && id.0 == 1
+        && std::env::var_os("RINGGATE_TEST_PANIC_WORKER").is_some()
+    {
+        panic!("RINGGATE_TEST_PANIC_WORKER is set: worker 1 panics on purpose");
+    }
     for (bind, l) in listeners.iter().enumerate() {
         monoio::spawn(accept_loop(l.clone(), bind, worker.clone()));
     }

@@ -215,3 +215,40 @@ fn auto_driver_says_which_it_chose() {
     let driver = field(&line, "driver").unwrap();
     assert!(driver == "io_uring" || driver == "epoll", "{line}");
 }
+
+/// A worker that panics ends the process at once (exit 70) with the panic in
+/// the log, instead of leaving it serving with one worker fewer. The panic
+/// is triggered by a test-only variable that debug builds alone read.
+#[test]
+fn a_panicking_worker_ends_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, HELLO);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        .args(["-f", &path, "--threads", "2"])
+        .args(["--stats-addr", "off", "--readiness-addr", "off"])
+        .env("RUST_LOG", "info")
+        .env("RINGGATE_TEST_PANIC_WORKER", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ringgate");
+    let exited = wait_until(WAIT, || child.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(exited, "ringgate served on after a worker panicked: {err}");
+    assert_eq!(out.status.code(), Some(70), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("thread panicked; exiting"))
+        .unwrap_or_else(|| panic!("panic not logged: {err}"));
+    assert_eq!(
+        field(line, "thread").as_deref(),
+        Some("ringgate-w1"),
+        "{line}"
+    );
+    assert!(line.contains("worker 1 panics on purpose"), "{line}");
+}
