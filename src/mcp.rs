@@ -479,6 +479,7 @@ impl McpWorker {
                 spawn_failures: st.spawn_failures,
                 exits: vec![
                     ("exited", st.exited),
+                    ("signaled", st.signaled),
                     ("stdin_closed", st.stdin_closed),
                     ("terminated", st.terminated),
                     ("killed", st.killed),

@@ -117,6 +117,7 @@ pub struct PoolStats {
     pub taken: u64,
     /// Exits of this pool's children by cause, including taken ones.
     pub exited: u64,
+    pub signaled: u64,
     pub stdin_closed: u64,
     pub terminated: u64,
     pub killed: u64,
@@ -252,6 +253,7 @@ impl Pool {
             died_idle: self.died_idle.get(),
             taken: self.taken.get(),
             exited: e.get(ExitCause::Exited),
+            signaled: e.get(ExitCause::Signaled),
             stdin_closed: e.get(ExitCause::StdinClosed),
             terminated: e.get(ExitCause::Terminated),
             killed: e.get(ExitCause::Killed),

@@ -161,7 +161,24 @@ fn a_child_crashing_mid_call_fails_the_call_and_ends_its_session() {
     let r = call(&p, ALICE, "/fault", &sid, 6, "ok", json!({}));
     assert_eq!(r.status, 404, "the session ended with its child");
     assert_recovered(&mut p, &base, pid, "crash");
+    // Counted as an exit of its own, with its code (os._exit(3)); the other
+    // exits so far are server-everything sessions ringgate stopped.
+    assert!(
+        wait_until(WAIT, || exits(&p, "exited") == 1),
+        "{}",
+        admin_get(p.stats.unwrap(), "/metrics").1
+    );
+    assert_eq!(exits(&p, "signaled"), 0);
     stop(p);
+}
+
+/// `ringgate_child_exits_total` for `cause`, from `/metrics`.
+fn exits(p: &Proxy, cause: &str) -> u64 {
+    let (_, text) = admin_get(p.stats.expect("stats listener"), "/metrics");
+    let key = format!("ringgate_child_exits_total{{cause=\"{cause}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map_or(0, |n| n.parse().unwrap())
 }
 
 /// A call on its own connection that may wait past `WAIT` (up to the

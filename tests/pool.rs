@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 mod drivers;
 
 use ringgate::pool::{
-    reap_orphans, Child, ChildError, ChildSpec, ExitCause, LiveSlot, Pool, PoolConfig, PoolError,
-    SpawnOptions, STDERR_BURST_LINES, STDERR_LINES_PER_SEC,
+    reap_orphans, Child, ChildError, ChildSpec, ExitCause, ExitCounts, LiveSlot, Pool, PoolConfig,
+    PoolError, SpawnOptions, STDERR_BURST_LINES, STDERR_LINES_PER_SEC,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -359,6 +359,51 @@ fn stderr_flood_is_rate_limited_and_counted() {
         2 * 5000,
         "logged + reported = all lines, both drivers"
     );
+}
+
+/// Exits are counted by what ended the child, whatever order the exit and
+/// `stop` come in.
+#[test]
+fn exits_are_counted_by_their_real_cause() {
+    both(|_| async {
+        let counts = Rc::new(ExitCounts::default());
+        let counted = |o: SpawnOptions| SpawnOptions {
+            exits: Some(counts.clone()),
+            ..o
+        };
+        // Closes its stdio and exits by itself a moment later. A session
+        // calls stop on EOF, before the exit: closing stdin did not end it.
+        let script = "exec <&- >&-; sleep 0.2; exit 3";
+        let mut c = Child::spawn(&sh(script), counted(opts(1024)))
+            .await
+            .unwrap();
+        assert!(c.next_line().await.is_none());
+        let status = c.stop(Duration::from_secs(5)).await;
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(c.handle().exit_cause(), Some(ExitCause::Exited));
+        // A signal ringgate did not send.
+        let c = Child::spawn(&sh("kill -USR1 $$"), counted(opts(1024)))
+            .await
+            .unwrap();
+        assert_eq!(c.handle().wait_exit().await.signal(), Some(libc::SIGUSR1));
+        assert_eq!(c.handle().exit_cause(), Some(ExitCause::Signaled));
+        // Ends because its stdin closed.
+        let c = Child::spawn(&cat(), counted(opts(1024))).await.unwrap();
+        assert!(c.stop(GRACE).await.success());
+        assert_eq!(c.handle().exit_cause(), Some(ExitCause::StdinClosed));
+        let got: Vec<u64> = [
+            ExitCause::Exited,
+            ExitCause::Signaled,
+            ExitCause::StdinClosed,
+            ExitCause::Terminated,
+            ExitCause::Killed,
+            ExitCause::Dropped,
+        ]
+        .iter()
+        .map(|c| counts.get(*c))
+        .collect();
+        assert_eq!(got, [1, 1, 1, 0, 0, 0]);
+    });
 }
 
 #[test]

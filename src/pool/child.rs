@@ -56,8 +56,11 @@ pub enum ChildError {
 /// How a child ended, as far as we can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitCause {
-    /// On its own, before anyone asked it to stop.
+    /// On its own, with an exit code: before anyone asked it to stop, or
+    /// after it had closed its stdout (it was ending anyway).
     Exited,
+    /// Killed by a signal ringgate did not send (a crash, someone's kill).
+    Signaled,
     /// After `stop` closed its stdin, within the grace period.
     StdinClosed,
     /// After `stop` sent SIGTERM to its group.
@@ -71,7 +74,7 @@ pub enum ExitCause {
 /// Exit counts by cause, shared by the children of one pool (one worker).
 #[derive(Debug, Default)]
 pub struct ExitCounts {
-    counts: [Cell<u64>; 5],
+    counts: [Cell<u64>; 6],
 }
 
 impl ExitCounts {
@@ -82,6 +85,7 @@ impl ExitCounts {
             ExitCause::Terminated => 2,
             ExitCause::Killed => 3,
             ExitCause::Dropped => 4,
+            ExitCause::Signaled => 5,
         }
     }
     pub fn get(&self, c: ExitCause) -> u64 {
@@ -134,6 +138,7 @@ impl Child {
         let writer = ChildWriter::new(wr, fd);
         let session: Rc<RefCell<Rc<str>>> = Rc::new(RefCell::new(Rc::from(NO_SESSION)));
         let stats = Rc::new(Cell::new(StderrStats::default()));
+        let stdout_closed = Rc::new(Cell::new(false));
         monoio::spawn(stderr::log_task(
             err_stream,
             StderrCtx {
@@ -150,6 +155,7 @@ impl Child {
             status: Cell::new(None),
             stopping: Cell::new(ExitCause::Exited),
             cause: Cell::new(None),
+            stdout_closed: stdout_closed.clone(),
             stdin: writer.clone(),
             session,
             stderr: stats,
@@ -159,6 +165,7 @@ impl Child {
         let reader = ChildReader {
             lines: LineReader::new(rd, opts.max_line_bytes),
             limit: opts.max_line_bytes,
+            stdout_closed,
         };
         Ok(Child {
             handle,
@@ -203,6 +210,8 @@ impl Child {
 pub struct ChildReader {
     lines: LineReader<OwnedReadHalf<UnixStream>>,
     limit: usize,
+    /// Shared with the handle: the child closed its stdout (EOF read).
+    stdout_closed: Rc<Cell<bool>>,
 }
 
 impl ChildReader {
@@ -210,7 +219,11 @@ impl ChildReader {
     /// over the limit gives `LineTooLong` and finishes the reader, since the
     /// framing cannot be trusted after it.
     pub async fn next_line(&mut self) -> Option<Result<Vec<u8>, ChildError>> {
-        Some(match self.lines.next().await? {
+        let Some(next) = self.lines.next().await else {
+            self.stdout_closed.set(true);
+            return None;
+        };
+        Some(match next {
             Next::Line(l) => Ok(l),
             Next::TooLong => Err(ChildError::LineTooLong { limit: self.limit }),
             Next::Error(e) => Err(ChildError::Io(e)),
@@ -232,6 +245,9 @@ struct Proc {
     /// The cause to record if it exits now (what `stop` last did).
     stopping: Cell<ExitCause>,
     cause: Cell<Option<ExitCause>>,
+    /// EOF was read from its stdout: a child stopped after that was ending
+    /// on its own, not because its stdin closed.
+    stdout_closed: Rc<Cell<bool>>,
     stdin: ChildWriter,
     session: Rc<RefCell<Rc<str>>>,
     stderr: Rc<Cell<StderrStats>>,
@@ -256,16 +272,16 @@ impl Proc {
     }
 }
 
-/// The cause of an exit: what `stop` last did, unless the status shows a
-/// signal `stop` did not send (a crash, or someone else's kill), which makes
-/// it an exit of its own.
+/// The cause of an exit: what `stop` last did (`Exited` if nothing), unless
+/// the status shows a signal `stop` did not send (a crash, or someone else's
+/// kill): `Signaled`.
 fn attribute(status: ExitStatus, stopping: ExitCause) -> ExitCause {
     use std::os::unix::process::ExitStatusExt;
     match (stopping, status.signal()) {
         (ExitCause::Terminated, Some(libc::SIGTERM)) | (ExitCause::Killed, Some(libc::SIGKILL)) => {
             stopping
         }
-        (_, Some(_)) => ExitCause::Exited,
+        (_, Some(_)) => ExitCause::Signaled,
         (c, None) => c,
     }
 }
@@ -324,7 +340,12 @@ impl ChildHandle {
         if let Some(s) = self.try_exit() {
             return s;
         }
-        self.0.stopping.set(ExitCause::StdinClosed);
+        // A child whose stdout already reached EOF (it crashed, or quit) is
+        // not stopped by its stdin closing, whatever the order the exit and
+        // this call come in.
+        if !self.0.stdout_closed.get() {
+            self.0.stopping.set(ExitCause::StdinClosed);
+        }
         self.0.stdin.close_stdin();
         if let Some(s) = self.wait_exit_for(grace).await {
             return s;
@@ -384,15 +405,17 @@ mod tests {
         use ExitCause::*;
         for (status, stopping, want) in [
             (code(0), Exited, Exited),
+            (code(3), Exited, Exited),
             (code(0), StdinClosed, StdinClosed),
             (code(143), Terminated, Terminated),
             (sig(libc::SIGTERM), Terminated, Terminated),
             (sig(libc::SIGKILL), Killed, Killed),
             // Killed from outside while stdin was being closed.
-            (sig(libc::SIGKILL), StdinClosed, Exited),
-            (sig(libc::SIGKILL), Terminated, Exited),
-            (sig(libc::SIGSEGV), Exited, Exited),
-            (sig(libc::SIGTERM), Exited, Exited),
+            (sig(libc::SIGKILL), StdinClosed, Signaled),
+            (sig(libc::SIGKILL), Terminated, Signaled),
+            (sig(libc::SIGSEGV), Exited, Signaled),
+            (sig(libc::SIGTERM), Exited, Signaled),
+            (sig(libc::SIGABRT), Killed, Signaled),
         ] {
             assert_eq!(
                 attribute(status, stopping),
