@@ -397,7 +397,7 @@ pub fn render(snaps: &[Snapshot], live_children: usize) -> String {
         &mut o,
         "ringgate_child_exits_total",
         "counter",
-        "Child exits by cause.",
+        "Child exits by cause: exited (on its own, with a code), signaled (by a signal ringgate did not send), stdin_closed, terminated, killed (stopped by ringgate: stdin EOF, then SIGTERM, then SIGKILL to its group), dropped (killed when its handle was dropped).",
     );
     for (cause, n) in &exits {
         let _ = writeln!(o, "ringgate_child_exits_total{{cause=\"{cause}\"}} {n}");
