@@ -341,6 +341,9 @@ impl Drop for BodyBudget<'_> {
 /// How long a stream may stay silent before a keep-alive comment is sent;
 /// the write also finds clients that went away.
 const STREAM_KEEPALIVE: Duration = Duration::from_secs(15);
+/// After a client's FIN and a probe, how long its reset may take to come
+/// back (a round trip) before the client counts as still reading.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
 /// A write gathers queued pieces up to about this many bytes, so a slow
 /// reader of many large events does not make one huge buffer.
 const MAX_GATHER_BYTES: usize = 256 * 1024;
@@ -351,8 +354,10 @@ const HEAD_HOLD: Duration = Duration::from_millis(5);
 /// Writes a response head (in `out`) and its streamed body until the body's
 /// senders are gone; returns the buffer (unless the connection failed) and
 /// the bytes written. A client that closes its end while the stream waits
-/// for its next event is noticed at once: the stream's receiver is dropped,
-/// which its sender (an MCP session) sees.
+/// for its next event is noticed at once (or, across a network, a round trip
+/// after a probe): the stream's receiver is dropped, which its sender (an
+/// MCP session) sees. A client that only shut its sending half after the
+/// request is still served.
 async fn write_stream(
     stream: &mut TcpStream,
     mut out: Vec<u8>,
@@ -364,14 +369,19 @@ async fn write_stream(
     let mut wait = HEAD_HOLD;
     // Watch the client only in long waits: a quick answer costs nothing.
     let mut watch = false;
+    // When to look again for the reset a closed client answers a probe with.
+    let mut probe_due: Option<Instant> = None;
     loop {
+        let until = probe_due.map_or(wait, |t| {
+            wait.min(t.saturating_duration_since(Instant::now()))
+        });
         let next = if watch {
             monoio::select! {
-                r = monoio::time::timeout(wait, rx.recv_async()) => Some(r),
+                r = monoio::time::timeout(until, rx.recv_async()) => Some(r),
                 _ = stream.readable(false) => None,
             }
         } else {
-            Some(monoio::time::timeout(wait, rx.recv_async()).await)
+            Some(monoio::time::timeout(until, rx.recv_async()).await)
         };
         let Some(next) = next else {
             match peer_state(stream) {
@@ -379,9 +389,36 @@ async fn write_stream(
                 // Bytes of a next request: they wait in the kernel.
                 Peer::Sent => watch = false,
                 Peer::Quiet => {}
+                // The client closed its end, or only its sending half (it
+                // may still read): a probe tells them apart, as a closed
+                // socket answers it with a reset.
+                Peer::Eof => {
+                    watch = false;
+                    out.clear();
+                    stream_piece(&mut out, crate::mcp::sse::KEEPALIVE, http10);
+                    sent += out.len();
+                    out = match write(stream, out, timeout).await {
+                        Some(mut o) => {
+                            o.clear();
+                            o
+                        }
+                        None => return (None, sent),
+                    };
+                    if let Peer::Gone = peer_state(stream) {
+                        return (None, sent);
+                    }
+                    probe_due = Some(Instant::now() + PROBE_WAIT);
+                }
             }
             continue;
         };
+        if next.is_err() && probe_due.is_some_and(|t| Instant::now() >= t) {
+            probe_due = None;
+            if let Peer::Gone = peer_state(stream) {
+                return (None, sent);
+            }
+            continue;
+        }
         let end = match next {
             Ok(Ok(piece)) => {
                 stream_piece(&mut out, &piece, http10);
@@ -429,8 +466,10 @@ async fn write_stream(
 }
 
 enum Peer {
-    /// Closed or reset its end.
+    /// Reset the connection.
     Gone,
+    /// Sent its FIN: closed, or only shut its sending half.
+    Eof,
     /// Sent bytes (a pipelined request), still there to read.
     Sent,
     /// Nothing to read after all.
@@ -450,7 +489,7 @@ fn peer_state(stream: &TcpStream) -> Peer {
         )
     };
     match n {
-        0 => Peer::Gone,
+        0 => Peer::Eof,
         n if n > 0 => Peer::Sent,
         _ => match std::io::Error::last_os_error().kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Peer::Quiet,
