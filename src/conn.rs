@@ -150,10 +150,14 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
                 let handled = admitted.refuse(resp);
                 let head = reader.head().expect("the head is parsed");
                 let req = request(&buf, head, &[], peer, &peer_ip);
-                if answer(&mut stream, out, &ctx, &req, &handled, false, started)
+                let answered = answer(&mut stream, out, &ctx, &req, &handled, false, started)
                     .await
-                    .is_some()
-                {
+                    .is_some();
+                // The partial body is given up before the lingering close,
+                // which may last `lingerTimeout`: its bytes leave the budget.
+                drop(budget);
+                drop(buf);
+                if answered {
                     linger(stream, limits).await;
                 }
                 return;
@@ -404,7 +408,7 @@ async fn write_stream(
                         }
                         None => return (None, sent),
                     };
-                    if let Peer::Gone = peer_state(stream) {
+                    if reset_seen(stream) {
                         return (None, sent);
                     }
                     probe_due = Some(Instant::now() + PROBE_WAIT);
@@ -414,7 +418,7 @@ async fn write_stream(
         };
         if next.is_err() && probe_due.is_some_and(|t| Instant::now() >= t) {
             probe_due = None;
-            if let Peer::Gone = peer_state(stream) {
+            if reset_seen(stream) {
                 return (None, sent);
             }
             continue;
@@ -474,6 +478,29 @@ enum Peer {
     Sent,
     /// Nothing to read after all.
     Quiet,
+}
+
+/// `TCP_CLOSE` of the kernel's TCP states (linux/tcp_states.h).
+const TCP_CLOSE: u8 = 7;
+
+/// Whether the client answered with a reset (a probe sent to a socket it
+/// closed). After its FIN a read reports only the end of the stream, never
+/// the reset, so this looks at the connection's state.
+fn reset_seen(stream: &TcpStream) -> bool {
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes
+    // of it for a valid socket fd owned by `stream`.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        rc != 0 || info.tcpi_state == TCP_CLOSE
+    }
 }
 
 /// Looks at what made the socket readable without taking any byte.

@@ -44,8 +44,12 @@ fn a_closed_get_stream_lets_the_idle_session_end() {
         "the session ended while its GET stream was open"
     );
 
-    // The client goes away; the proxy sees it without writing to it.
+    // The client goes away. It read all it was sent, so its close is a FIN
+    // (as a half-close would be), not a reset: the proxy tells them apart.
     drop(r);
+    get.set_nonblocking(true).unwrap();
+    let mut sink = [0u8; 4096];
+    while std::io::Read::read(&mut get, &mut sink).is_ok_and(|n| n > 0) {}
     drop(get);
     let line = p
         .wait_log(ended)
