@@ -96,6 +96,7 @@ fn sigterm_lets_a_long_call_finish_then_exits_0_leaving_no_child() {
         .parse()
         .unwrap();
     let addr = p.addr();
+    let (in_flight, started) = std::sync::mpsc::channel();
     let call = std::thread::spawn(move || {
         let body = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{
             "name":"trigger-long-running-operation","arguments":{"duration":2,"steps":2},
@@ -103,9 +104,13 @@ fn sigterm_lets_a_long_call_finish_then_exits_0_leaving_no_child() {
         .to_string();
         let mut s = connect_from("127.0.0.2", addr);
         write!(s, "POST /mcp HTTP/1.1\r\nHost: gw\r\nAccept: {ACCEPT}\r\nContent-Type: application/json\r\nMcp-Session-Id: {sid}\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-        read_response(&mut std::io::BufReader::new(s)).expect("the call's answer")
+        let mut r = std::io::BufReader::new(s);
+        // The stream's head: the call is in flight.
+        std::io::BufRead::fill_buf(&mut r).expect("the stream opens");
+        in_flight.send(()).unwrap();
+        read_response(&mut r).expect("the call's answer")
     });
-    std::thread::sleep(Duration::from_millis(400));
+    started.recv().expect("the call is in flight");
     p.signal(libc::SIGTERM);
     p.wait_log(|l| l.contains("draining"))
         .expect("drain logged");
