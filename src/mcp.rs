@@ -8,6 +8,11 @@
 //! owner as a [`Job`] over a channel, and the answer, an SSE stream included,
 //! comes back over channels the connection reads from.
 //!
+//! The owner answers a job at once: it registers the request and queues its
+//! lines for the session's writer task, never waiting on the child, so a
+//! request's fate does not depend on the worker that accepted it. Inboxes
+//! are bounded ([`INBOX_DEPTH`] jobs): a full one is a 503 with Retry-After.
+//!
 //! - [`endpoint`]: POST / GET / DELETE checks and statuses
 //! - [`jsonrpc`]: classify client messages, peek at child lines
 //! - [`session`]: one session's routing of child output
@@ -82,6 +87,10 @@ fn is_npx(cmd: &str) -> bool {
         .is_some_and(|n| n == "npx")
 }
 
+/// Jobs a worker's inbox holds before hand-offs to it are refused (503).
+/// The owner answers each at once, so a full inbox means a stalled worker.
+pub const INBOX_DEPTH: usize = 1024;
+
 /// A request for a session's owner.
 pub struct Job {
     pub session: String,
@@ -116,7 +125,7 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(workers: usize) -> (Arc<Hub>, Vec<flume::Receiver<Job>>) {
-        let (txs, rxs) = (0..workers).map(|_| flume::unbounded()).unzip();
+        let (txs, rxs) = (0..workers).map(|_| flume::bounded(INBOX_DEPTH)).unzip();
         (Arc::new(Hub { inboxes: txs }), rxs)
     }
 }
@@ -261,26 +270,38 @@ impl McpWorker {
     pub async fn dispatch(self: &Rc<Self>, job: Job, reply: flume::Receiver<Reply>) -> Reply {
         match owner_of(&job.session) {
             Some(w) if w == self.worker => self.run_job(job).await,
-            Some(w) if w < self.hub.inboxes.len() => {
-                if self.hub.inboxes[w].send(job).is_err() {
-                    return Reply::Status(503, "worker unavailable");
+            Some(w) if w < self.hub.inboxes.len() => match self.hub.inboxes[w].try_send(job) {
+                Ok(()) => {}
+                Err(flume::TrySendError::Full(_)) => {
+                    return Reply::Status(503, "session owner busy")
                 }
-            }
+                Err(flume::TrySendError::Disconnected(_)) => {
+                    return Reply::Status(503, "worker unavailable")
+                }
+            },
             _ => return Reply::Status(404, "session not found"),
         }
-        // The owner always replies without waiting on the child.
-        match monoio::time::timeout(Duration::from_secs(5), reply.recv_async()).await {
+        // The owner replies without waiting on the child; the bound only
+        // covers a worker that stopped running altogether.
+        match monoio::time::timeout(self.reply_bound(), reply.recv_async()).await {
             Ok(Ok(r)) => r,
             _ => Reply::Status(503, "session owner did not answer"),
         }
     }
 
-    async fn run_job(self: &Rc<Self>, job: Job) {
-        let reply = self.answer(&job).await;
-        let _ = job.reply.send(reply);
+    /// How long a hand-off waits for the owner's reply: a safety net, never
+    /// reached while the owner runs (it answers without waiting on children).
+    fn reply_bound(&self) -> Duration {
+        self.settings.request_timeout + 2 * self.settings.stop_grace
     }
 
-    async fn answer(self: &Rc<Self>, job: &Job) -> Reply {
+    async fn run_job(self: &Rc<Self>, job: Job) {
+        let reply_to = job.reply.clone();
+        let reply = self.answer(job).await;
+        let _ = reply_to.send(reply);
+    }
+
+    async fn answer(self: &Rc<Self>, job: Job) -> Reply {
         let session = self.sessions.borrow().get(job.session.as_str()).cloned();
         let Some(session) = session
             .filter(|s| s.identity == job.identity && s.backend == job.backend && !s.is_ended())
@@ -296,20 +317,23 @@ impl McpWorker {
                 return Reply::Status(400, "Bad Request: unsupported MCP-Protocol-Version");
             }
         }
-        match &job.op {
+        match job.op {
             Op::Post { messages, batch } => {
-                if *batch && negotiated.as_str() > LAST_BATCH_VERSION {
+                if batch && negotiated.as_str() > LAST_BATCH_VERSION {
                     return Reply::Status(
                         400,
                         "Bad Request: batches are not supported by this protocol version",
                     );
                 }
-                match session.post(messages).await {
+                match session.post(messages) {
                     Ok(Some(rx)) => Reply::Stream(rx),
                     Ok(None) => Reply::Accepted,
                     Err(PostError::Ended) => Reply::Status(404, "session not found"),
                     Err(PostError::DuplicateId) => {
                         Reply::Status(400, "Bad Request: request id already in flight")
+                    }
+                    Err(PostError::Busy) => {
+                        Reply::Status(503, "MCP server is not reading its input")
                     }
                 }
             }
@@ -329,7 +353,7 @@ impl McpWorker {
         self: &Rc<Self>,
         backend: String,
         identity: String,
-        messages: &[Message],
+        messages: Vec<Message>,
     ) -> Result<(String, flume::Receiver<Vec<u8>>), Reply> {
         let Some(pool) = self.pools.borrow().get(&backend).cloned() else {
             return Err(Reply::Status(503, "MCP target not available"));
@@ -372,7 +396,7 @@ impl McpWorker {
         monoio::spawn(session::read_child(session.clone(), reader, move || {
             me.remove(&s2, "MCP server ended")
         }));
-        match session.post(messages).await {
+        match session.post(messages) {
             Ok(Some(rx)) => Ok((id, rx)),
             _ => {
                 self.remove(&session, "MCP server did not take initialize");

@@ -93,7 +93,7 @@ async fn post(
     match &log.session {
         None if initialize && !batch && messages[0].is_request() => {
             match mcp
-                .initialize(backend.to_string(), identity, &messages)
+                .initialize(backend.to_string(), identity, messages)
                 .await
             {
                 Ok((id, rx)) => {
