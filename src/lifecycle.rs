@@ -93,7 +93,8 @@ pub fn spawn_signal_thread(
             for sig in signals.forever() {
                 match sig {
                     SIGHUP => {
-                        if let Some(new) = reload(&config_path, &current) {
+                        let workers = controls.workers.len();
+                        if let Some(new) = reload(&config_path, &current, workers) {
                             current = new.clone();
                             controls.broadcast(|| Control::Reload(new.clone()));
                         }
@@ -119,7 +120,7 @@ pub fn spawn_signal_thread(
 }
 
 /// Loads and compiles the config again; `None` keeps the running one.
-fn reload(path: &Path, current: &Config) -> Option<Arc<Config>> {
+fn reload(path: &Path, current: &Config, workers: usize) -> Option<Arc<Config>> {
     let new = match Config::from_file(path) {
         Ok(c) => c,
         Err(errs) => {
@@ -137,6 +138,10 @@ fn reload(path: &Path, current: &Config) -> Option<Arc<Config>> {
             .all(|(a, b)| a.port == b.port && a.address == b.address);
     if !same_binds {
         error!("reload refused: binds (ports, addresses) changed; restart to apply them");
+        return None;
+    }
+    if let Err(e) = new.check_capacity(workers) {
+        error!(problem = %e, "reload refused: keeping the running config");
         return None;
     }
     crate::logging::set_level(new.logging.level.as_deref());

@@ -6,6 +6,10 @@
 //! only the count of live children is shared (`Arc<AtomicUsize>`), because
 //! `max_live` bounds the whole process.
 //!
+//! Each pool publishes its idle count in a slot of an [`IdleBoard`] shared by
+//! the pools of the same target on every worker, so a worker without an
+//! idle child can find one that has (see `mcp::McpWorker::initialize`).
+//!
 //! A refill task keeps `min_idle` children ready. Spawn failures (command not
 //! found, or children that die before [`HEALTHY_AFTER_MS`]) back off
 //! exponentially and are logged once per step; while backing off after
@@ -56,6 +60,10 @@ pub const IDLE_CHECK_MS: u64 = 1000;
 /// Faster tick while an idle child is younger than `HEALTHY_AFTER_MS`, so a
 /// command that exits at once is noticed (and backed off) quickly.
 pub const PROBATION_CHECK_MS: u64 = 100;
+
+/// Idle children of one target, one slot per worker; each worker's pool
+/// writes only its own slot.
+pub type IdleBoard = Arc<[AtomicUsize]>;
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -144,6 +152,8 @@ pub struct Pool {
     wake: Rc<Notify>,
     started: Cell<bool>,
     shut: Cell<bool>,
+    /// Where the idle count is published, and this pool's slot in it.
+    board: RefCell<Option<(IdleBoard, usize)>>,
 }
 
 impl Pool {
@@ -169,7 +179,26 @@ impl Pool {
             wake: Rc::new(Notify::default()),
             started: Cell::new(false),
             shut: Cell::new(false),
+            board: RefCell::new(None),
         })
+    }
+
+    /// Publishes this pool's idle count in `board[slot]` from now on.
+    pub fn publish_idle(&self, board: IdleBoard, slot: usize) {
+        *self.board.borrow_mut() = Some((board, slot));
+        self.sync_board();
+    }
+
+    fn sync_board(&self) {
+        if let Some((b, i)) = &*self.board.borrow() {
+            b[*i].store(self.idle(), Ordering::Release);
+        }
+    }
+
+    /// True while repeated spawn failures make `take` refuse to spawn.
+    pub fn backing_off(&self) -> bool {
+        self.next_attempt.get().is_some_and(|t| Instant::now() < t)
+            && self.streak.get() >= TAKE_REFUSES_AFTER_FAILURES
     }
 
     /// Starts the refill task on the current monoio runtime. The task holds
@@ -182,6 +211,12 @@ impl Pool {
 
     /// An idle child if one is alive, else a new one if under `max_live`.
     pub fn take(&self) -> Result<Child, PoolError> {
+        let taken = self.take_inner();
+        self.sync_board();
+        taken
+    }
+
+    fn take_inner(&self) -> Result<Child, PoolError> {
         if self.shut.get() {
             return Err(PoolError::ShutDown);
         }
@@ -252,6 +287,7 @@ impl Pool {
         self.shut.set(true);
         self.wake.notify();
         let idle: Vec<Child> = self.idle.borrow_mut().drain(..).collect();
+        self.sync_board();
         let grace = self.cfg.stop_grace;
         let stops: Vec<_> = idle
             .into_iter()
@@ -371,7 +407,9 @@ async fn refill_loop(pool: Weak<Pool>, wake: Rc<Notify>) {
             if pool.shut.get() {
                 return;
             }
-            pool.refill(Instant::now())
+            let pause = pool.refill(Instant::now());
+            pool.sync_board();
+            pause
         };
         // Woken early by `take` or `shutdown`.
         let _ = monoio::time::timeout(pause, wake.notified()).await;

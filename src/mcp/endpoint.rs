@@ -150,6 +150,8 @@ fn from_reply(reply: Reply) -> Response {
         Reply::Accepted => Response::new(202),
         Reply::Stream(rx) => sse(rx),
         Reply::Deleted => Response::new(200),
+        Reply::Created(id, rx) => sse(rx).header("mcp-session-id", id),
+        Reply::OldestIdle(_) | Reply::Evicted(_) => Response::text(500, "Internal Server Error"),
     }
 }
 
