@@ -195,7 +195,8 @@ pub struct McpWorker {
     /// The idle boards of those pools, by the same key.
     boards: RefCell<HashMap<String, IdleBoard>>,
     hub: Arc<Hub>,
-    settings: McpSettings,
+    /// `config.mcp`; replaced by a reload, for new sessions and children.
+    settings: RefCell<McpSettings>,
     live: Arc<std::sync::atomic::AtomicUsize>,
     /// initialize requests that found no idle child.
     pool_waits: std::cell::Cell<u64>,
@@ -226,7 +227,7 @@ impl McpWorker {
             pools: RefCell::new(HashMap::new()),
             boards: RefCell::new(HashMap::new()),
             hub,
-            settings: config.mcp.clone(),
+            settings: RefCell::new(config.mcp.clone()),
             live,
             pool_waits: std::cell::Cell::new(0),
             evicted: std::cell::Cell::new(0),
@@ -238,15 +239,19 @@ impl McpWorker {
         me
     }
 
-    fn new_pool(&self, m: &crate::config::McpBackend) -> Rc<Pool> {
-        let s = &self.settings;
-        let cfg = PoolConfig {
+    fn pool_config(&self) -> PoolConfig {
+        let s = self.settings.borrow();
+        PoolConfig {
             min_idle: s.min_idle,
             max_live: s.max_live,
             max_line_bytes: s.max_line_bytes,
             stop_grace: s.stop_grace,
             ..PoolConfig::default()
-        };
+        }
+    }
+
+    fn new_pool(&self, m: &crate::config::McpBackend) -> Rc<Pool> {
+        let cfg = self.pool_config();
         let mut env = m.env.clone();
         // A child's stdin is a socket, not a terminal, and npx then refuses to
         // fetch a package it has not cached unless told yes; the seed config
@@ -277,8 +282,15 @@ impl McpWorker {
 
     /// Applies a reloaded config: pools of unchanged targets (and their
     /// sessions) stay; new targets get a pool; sessions and pools of targets
-    /// that are gone end.
+    /// that are gone end. `config.mcp` applies to sessions created from now
+    /// on (request timeout, buffered messages), to every pool (minIdle,
+    /// maxLive, line limit, stop grace) and to the idle sweep (TTL).
     pub fn reload(self: &Rc<Self>, config: &Config) {
+        *self.settings.borrow_mut() = config.mcp.clone();
+        let cfg = self.pool_config();
+        for p in self.pools.borrow().values() {
+            p.reconfigure(cfg.clone());
+        }
         let wanted: HashMap<String, &crate::config::McpBackend> =
             backends(config).map(|m| (m.key(), m)).collect();
         let mut pools = self.pools.borrow_mut();
@@ -359,7 +371,8 @@ impl McpWorker {
     /// How long a hand-off waits for the owner's reply: a safety net, never
     /// reached while the owner runs (it answers without waiting on children).
     fn reply_bound(&self) -> Duration {
-        self.settings.request_timeout + 2 * self.settings.stop_grace
+        let s = self.settings.borrow();
+        s.request_timeout + 2 * s.stop_grace
     }
 
     async fn run_job(self: &Rc<Self>, job: Job) {
@@ -534,7 +547,8 @@ impl McpWorker {
             "session evicted"
         );
         s.end("evicted to make room for a new session");
-        let status = s.handle().stop(self.settings.stop_grace).await;
+        let grace = self.settings.borrow().stop_grace;
+        let status = s.handle().stop(grace).await;
         info!(session = &*s.id, ?status, "MCP server stopped");
         true
     }
@@ -614,8 +628,8 @@ impl McpWorker {
             backend,
             writer,
             handle,
-            self.settings.max_buffered_messages,
-            self.settings.request_timeout,
+            self.settings.borrow().max_buffered_messages,
+            self.settings.borrow().request_timeout,
         );
         self.sessions
             .borrow_mut()
@@ -645,7 +659,7 @@ impl McpWorker {
         session.end(reason);
         if removed {
             let s = session.clone();
-            let grace = self.settings.stop_grace;
+            let grace = self.settings.borrow().stop_grace;
             monoio::spawn(async move {
                 let status = s.handle().stop(grace).await;
                 info!(session = &*s.id, ?status, "MCP server stopped");
@@ -657,11 +671,15 @@ impl McpWorker {
     /// sessions that ended without their child exiting (a child that stopped
     /// reading its input, an initialize that timed out).
     async fn sweep_idle(self: Rc<Self>) {
-        let ttl = self.settings.session_idle_timeout;
-        let every = (ttl / 4)
-            .min(self.settings.request_timeout / 10)
-            .clamp(Duration::from_millis(10), Duration::from_secs(1));
         loop {
+            // Read each pass: a reload may change them.
+            let (ttl, every) = {
+                let s = self.settings.borrow();
+                let every = (s.session_idle_timeout / 4)
+                    .min(s.request_timeout / 10)
+                    .clamp(Duration::from_millis(10), Duration::from_secs(1));
+                (s.session_idle_timeout, every)
+            };
             monoio::time::sleep(every).await;
             let now = Instant::now();
             let all: Vec<Rc<Session>> = self.sessions.borrow().values().cloned().collect();
@@ -678,7 +696,7 @@ impl McpWorker {
     /// Ends every session and stops every child, all at once (shutdown).
     pub async fn shutdown(&self) {
         let all: Vec<Rc<Session>> = self.sessions.borrow_mut().drain().map(|(_, s)| s).collect();
-        let grace = self.settings.stop_grace;
+        let grace = self.settings.borrow().stop_grace;
         let stops: Vec<_> = all
             .into_iter()
             .map(|s| {

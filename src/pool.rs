@@ -136,7 +136,8 @@ pub struct PoolStats {
 /// (SIGKILL, no grace) and leaves them to [`reap_orphans`].
 pub struct Pool {
     spec: ChildSpec,
-    cfg: PoolConfig,
+    /// Replaced by a reload ([`Pool::reconfigure`]).
+    cfg: RefCell<PoolConfig>,
     live: Arc<AtomicUsize>,
     label: Rc<str>,
     idle: RefCell<VecDeque<Child>>,
@@ -165,7 +166,7 @@ impl Pool {
     ) -> Rc<Pool> {
         Rc::new(Pool {
             spec,
-            cfg,
+            cfg: RefCell::new(cfg),
             live,
             label: Rc::from(label),
             idle: RefCell::new(VecDeque::new()),
@@ -262,8 +263,16 @@ impl Pool {
         self.idle.borrow().len()
     }
 
-    pub fn config(&self) -> &PoolConfig {
-        &self.cfg
+    pub fn config(&self) -> PoolConfig {
+        self.cfg.borrow().clone()
+    }
+
+    /// Applies reloaded settings: the next refill keeps the new `min_idle`
+    /// (extra idle children are kept until taken), the next spawn obeys the
+    /// new `max_live`, and new children get the new line limit.
+    pub fn reconfigure(&self, cfg: PoolConfig) {
+        *self.cfg.borrow_mut() = cfg;
+        self.wake.notify();
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -288,7 +297,7 @@ impl Pool {
         self.wake.notify();
         let idle: Vec<Child> = self.idle.borrow_mut().drain(..).collect();
         self.sync_board();
-        let grace = self.cfg.stop_grace;
+        let grace = self.cfg.borrow().stop_grace;
         let stops: Vec<_> = idle
             .into_iter()
             .map(|c| monoio::spawn(async move { c.stop(grace).await }))
@@ -299,12 +308,14 @@ impl Pool {
     }
 
     fn spawn_one(&self) -> Result<Child, PoolError> {
+        let (max_live, max_line_bytes) = {
+            let cfg = self.cfg.borrow();
+            (cfg.max_live, cfg.max_line_bytes)
+        };
         let slot =
-            LiveSlot::try_acquire(&self.live, self.cfg.max_live).ok_or(PoolError::Exhausted {
-                max_live: self.cfg.max_live,
-            })?;
+            LiveSlot::try_acquire(&self.live, max_live).ok_or(PoolError::Exhausted { max_live })?;
         let opts = SpawnOptions {
-            max_line_bytes: self.cfg.max_line_bytes,
+            max_line_bytes,
             backend: self.label.clone(),
             live: Some(slot),
             exits: Some(self.exits.clone()),
@@ -343,9 +354,10 @@ impl Pool {
         let factor = 1u32.checked_shl(streak - 1).unwrap_or(u32::MAX);
         let delay = self
             .cfg
+            .borrow()
             .spawn_backoff_initial
             .saturating_mul(factor)
-            .min(self.cfg.spawn_backoff_max)
+            .min(self.cfg.borrow().spawn_backoff_max)
             // A zero backoff from config must not turn refill into a hot loop.
             .max(Duration::from_millis(MIN_BACKOFF_MS));
         self.next_attempt.set(Some(Instant::now() + delay));
@@ -376,7 +388,7 @@ impl Pool {
                 return t - now;
             }
         }
-        while self.idle() < self.cfg.min_idle {
+        while self.idle() < self.cfg.borrow().min_idle {
             match self.spawn_one() {
                 Ok(c) => {
                     on_probation = true;
