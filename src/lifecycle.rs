@@ -106,11 +106,13 @@ pub fn spawn_signal_thread(
                     }
                     _ => {
                         let deadline = Instant::now() + current.drain_timeout;
+                        // Set before the log line, so whoever reads the line
+                        // finds readiness already refusing.
+                        controls.draining.store(true, Ordering::Relaxed);
                         info!(
                             timeout_ms = current.drain_timeout.as_millis() as u64,
                             "draining: no new connections; finishing in-flight requests"
                         );
-                        controls.draining.store(true, Ordering::Relaxed);
                         controls.broadcast(|| Control::Drain { deadline });
                     }
                 }

@@ -249,7 +249,12 @@ fn sighup_applies_a_new_request_timeout_to_new_sessions() {
     };
     // 30 s: a call that hangs would outlast the client's read timeout.
     let p = Proxy::start(&yaml("30s"), &["--threads", "2"]);
-    p.rewrite_config(&yaml("1s"));
+    // The new timeout also bounds the new session's initialize: let both
+    // workers' idle children finish starting first.
+    p.wait_log_nth(1, |l| l.contains("fault-server: mode hang"))
+        .expect("idle children up");
+    // 3 s: short of the client's read timeout, long enough for initialize.
+    p.rewrite_config(&yaml("3s"));
     p.signal(libc::SIGHUP);
     p.wait_log(|l| l.contains("config reloaded"))
         .expect("reloaded");
@@ -270,7 +275,7 @@ fn sighup_applies_a_new_request_timeout_to_new_sessions() {
         .expect("the timeout is logged");
     assert_eq!(
         field(&line, "timeout_ms").as_deref(),
-        Some("1000"),
+        Some("3000"),
         "{line}"
     );
 }
