@@ -337,21 +337,6 @@ fn a_child_killed_mid_request_fails_it_and_ends_the_session() {
 }
 
 #[test]
-fn pool_exhausted_is_503_with_retry_after() {
-    let p = Proxy::start(&config(", maxLive: 1"), &["--threads", "1"]);
-    let _held = initialize(&p, "127.0.0.2");
-    let r = post(
-        &p,
-        "127.0.0.3",
-        None,
-        &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-            "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}),
-    );
-    assert_eq!(r.status, 503);
-    assert_eq!(r.header("retry-after"), Some("1"));
-}
-
-#[test]
 fn idle_sessions_expire_and_their_children_are_stopped() {
     let p = Proxy::start(&config(", sessionIdleTimeout: 400ms"), &["--threads", "1"]);
     let sid = initialize(&p, "127.0.0.2");
