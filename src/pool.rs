@@ -80,23 +80,22 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
-    pub const DEFAULT_MIN_IDLE: usize = 1;
-    pub const DEFAULT_MAX_LIVE: usize = 64;
-    pub const DEFAULT_SPAWN_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-    pub const DEFAULT_SPAWN_BACKOFF_MAX: Duration = Duration::from_secs(10);
-    pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
-    pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(2);
+    /// Spawn backoff is not configurable; the rest comes from `config.mcp`.
+    pub const SPAWN_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+    pub const SPAWN_BACKOFF_MAX: Duration = Duration::from_secs(10);
 }
 
+/// `config.mcp`'s defaults: they are defined once, in `config`.
 impl Default for PoolConfig {
     fn default() -> Self {
+        let mcp = crate::config::McpSettings::default();
         PoolConfig {
-            min_idle: Self::DEFAULT_MIN_IDLE,
-            max_live: Self::DEFAULT_MAX_LIVE,
-            spawn_backoff_initial: Self::DEFAULT_SPAWN_BACKOFF_INITIAL,
-            spawn_backoff_max: Self::DEFAULT_SPAWN_BACKOFF_MAX,
-            max_line_bytes: Self::DEFAULT_MAX_LINE_BYTES,
-            stop_grace: Self::DEFAULT_STOP_GRACE,
+            min_idle: mcp.min_idle,
+            max_live: mcp.max_live,
+            spawn_backoff_initial: Self::SPAWN_BACKOFF_INITIAL,
+            spawn_backoff_max: Self::SPAWN_BACKOFF_MAX,
+            max_line_bytes: mcp.max_line_bytes,
+            stop_grace: mcp.stop_grace,
         }
     }
 }
