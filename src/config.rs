@@ -9,6 +9,7 @@
 
 mod capacity;
 mod compile;
+mod mcp;
 mod policies;
 pub mod yaml;
 
@@ -264,19 +265,52 @@ pub enum Backend {
     Mcp(McpBackend),
 }
 
+/// `backends[].mcp`: the stdio targets one route serves as one MCP server.
 #[derive(Debug, Clone)]
 pub struct McpBackend {
-    pub target: String,
+    /// At least one; names are unique and valid prefixes.
+    pub targets: Vec<McpTarget>,
+    pub prefix_mode: PrefixMode,
+    pub failure_mode: TargetFailureMode,
+}
+
+/// `mcp.targets[]`: one stdio MCP server.
+#[derive(Debug, Clone)]
+pub struct McpTarget {
+    /// Prefixes its tools and prompts (`<name>_<tool>`) and resource URIs
+    /// (`<name>+<uri>`) when several targets are served.
+    pub name: String,
     pub cmd: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
 }
 
-impl McpBackend {
-    /// Identifies what a pool spawns: a reload that keeps it keeps the pool
-    /// and the sessions on it.
+/// `mcp.prefixMode` (agentgateway's spelling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrefixMode {
+    /// Prefix only when there are several targets.
+    #[default]
+    Conditional,
+    Always,
+    /// Never prefix: a call is routed by looking its name up in the targets'
+    /// lists, so names must be unique across targets.
+    Never,
+}
+
+/// `mcp.failureMode` (agentgateway's spelling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetFailureMode {
+    /// A failing target fails the session.
+    #[default]
+    FailClosed,
+    /// A failing target leaves the session; the healthy ones serve on.
+    FailOpen,
+}
+
+impl McpTarget {
+    /// Identifies what a pool spawns: a reload that keeps it keeps the pool.
     pub fn key(&self) -> String {
-        let mut k = format!("{}\0{}", self.target, self.cmd);
+        let mut k = format!("{}\0{}", self.name, self.cmd);
         for a in &self.args {
             k.push('\0');
             k.push_str(a);
@@ -285,6 +319,49 @@ impl McpBackend {
             k.push_str(&format!("\0{n}={v}"));
         }
         k
+    }
+}
+
+impl McpBackend {
+    /// Identifies a backend: a reload that keeps it keeps its sessions. With
+    /// one target and the default modes, the target's own key.
+    pub fn key(&self) -> String {
+        let mut k = self
+            .targets
+            .iter()
+            .map(McpTarget::key)
+            .collect::<Vec<_>>()
+            .join("\x01");
+        if self.prefix_mode != PrefixMode::default()
+            || self.failure_mode != TargetFailureMode::default()
+        {
+            k.push_str(&format!(
+                "\x01{:?}/{:?}",
+                self.prefix_mode, self.failure_mode
+            ));
+        }
+        k
+    }
+
+    /// Whether tool and prompt names carry the target's prefix.
+    pub fn prefixes_names(&self) -> bool {
+        match self.prefix_mode {
+            PrefixMode::Always => true,
+            PrefixMode::Never => false,
+            PrefixMode::Conditional => self.targets.len() > 1,
+        }
+    }
+
+    /// Whether resource URIs carry the target (`<target>+<uri>`): with
+    /// several targets whatever the prefix mode, or under `always`.
+    pub fn prefixes_uris(&self) -> bool {
+        self.targets.len() > 1 || self.prefix_mode == PrefixMode::Always
+    }
+
+    /// Whether sessions go through the multiplexer (several targets, or
+    /// names rewritten); otherwise a session is the plain byte-exact bridge.
+    pub fn is_multiplexing(&self) -> bool {
+        self.prefixes_uris()
     }
 }
 

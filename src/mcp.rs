@@ -209,14 +209,15 @@ pub struct McpWorker {
     evicted: std::cell::Cell<u64>,
 }
 
-fn backends(config: &Config) -> impl Iterator<Item = &crate::config::McpBackend> {
+/// Every stdio target of the config (each gets a pool, by its key).
+fn targets(config: &Config) -> impl Iterator<Item = &crate::config::McpTarget> {
     config
         .binds
         .iter()
         .flat_map(|b| &b.listeners)
         .flat_map(|l| &l.routes)
         .filter_map(|r| r.backend.as_ref())
-        .map(|Backend::Mcp(m)| m)
+        .flat_map(|Backend::Mcp(m)| &m.targets)
 }
 
 impl McpWorker {
@@ -237,7 +238,7 @@ impl McpWorker {
             pool_waits: std::cell::Cell::new(0),
             evicted: std::cell::Cell::new(0),
         });
-        for m in backends(config) {
+        for m in targets(config) {
             let pool = me.new_pool(m);
             me.pools.borrow_mut().insert(m.key(), pool);
         }
@@ -255,7 +256,7 @@ impl McpWorker {
         }
     }
 
-    fn new_pool(&self, m: &crate::config::McpBackend) -> Rc<Pool> {
+    fn new_pool(&self, m: &crate::config::McpTarget) -> Rc<Pool> {
         let cfg = self.pool_config();
         let mut env = m.env.clone();
         // A child's stdin is a socket, not a terminal, and npx then refuses to
@@ -277,7 +278,7 @@ impl McpWorker {
             spec,
             cfg,
             self.live.clone(),
-            format!("{}/w{}", m.target, self.worker),
+            format!("{}/w{}", m.name, self.worker),
         );
         let board = self.hub.board(&m.key());
         pool.publish_idle(board.clone(), self.worker);
@@ -296,8 +297,8 @@ impl McpWorker {
         for p in self.pools.borrow().values() {
             p.reconfigure(cfg.clone());
         }
-        let wanted: HashMap<String, &crate::config::McpBackend> =
-            backends(config).map(|m| (m.key(), m)).collect();
+        let wanted: HashMap<String, &crate::config::McpTarget> =
+            targets(config).map(|m| (m.key(), m)).collect();
         let mut pools = self.pools.borrow_mut();
         let gone: Vec<String> = pools
             .keys()

@@ -27,7 +27,8 @@ pub fn compile(doc: &Value) -> Result<Config, ConfigErrors> {
         errs.push("", "the config is empty");
         return Err(errs);
     }
-    let Some(top) = Node::new(doc, "").map(&mut errs, &["config", "binds", "frontendPolicies"])
+    let Some(top) =
+        Node::new(doc, "").map(&mut errs, &["config", "binds", "frontendPolicies", "mcp"])
     else {
         return Err(errs);
     };
@@ -41,7 +42,13 @@ pub fn compile(doc: &Value) -> Result<Config, ConfigErrors> {
             }
         }
     }
-    if let Some((v, p)) = top.require(&mut errs, "binds") {
+    // agentgateway's `mcp:` shorthand may stand alone, or go with binds.
+    let binds = if top.has("mcp") {
+        top.get("binds")
+    } else {
+        top.require(&mut errs, "binds")
+    };
+    if let Some((v, p)) = binds {
         let node = Node::new(v, &p);
         for (i, b) in node.seq(&mut errs).iter().enumerate() {
             let bp = index_path(&p, i);
@@ -51,6 +58,11 @@ pub fn compile(doc: &Value) -> Result<Config, ConfigErrors> {
         }
         if cfg.binds.is_empty() && errs.is_empty() {
             errs.push(&p, "at least one bind is required");
+        }
+    }
+    if let Some((v, p)) = top.get("mcp") {
+        if let Some(b) = super::mcp::shorthand(Node::new(v, &p), &mut errs) {
+            cfg.binds.push(b);
         }
     }
     check_unique(&cfg, &mut errs);
@@ -365,7 +377,7 @@ fn route(node: Node, index: usize, errs: &mut ConfigErrors) -> Option<Route> {
             errs.push(&p, "only one backend per route is supported");
         }
         if let Some(b) = list.first() {
-            backend = mcp_backend(Node::new(b, &index_path(&p, 0)), errs);
+            backend = super::mcp::backend(Node::new(b, &index_path(&p, 0)), errs);
         }
     }
     if backend.is_some() && policies.direct_response.is_some() {
@@ -411,7 +423,7 @@ fn path_match(node: Node, errs: &mut ConfigErrors) -> Option<PathMatch> {
     found
 }
 
-fn policies(node: Node, errs: &mut ConfigErrors) -> Policies {
+pub(super) fn policies(node: Node, errs: &mut ConfigErrors) -> Policies {
     let mut out = Policies::default();
     let Some(m) = node.map(errs, &["cors", "extAuthz", "directResponse"]) else {
         return out;
@@ -434,46 +446,6 @@ fn policies(node: Node, errs: &mut ConfigErrors) -> Policies {
         }
     }
     out
-}
-
-fn mcp_backend(node: Node, errs: &mut ConfigErrors) -> Option<Backend> {
-    let m = node.map(errs, &["mcp"])?;
-    let (v, p) = m.require(errs, "mcp")?;
-    let mcp = Node::new(v, &p).map(errs, &["targets"])?;
-    let (v, p) = mcp.require(errs, "targets")?;
-    let targets = Node::new(v, &p).seq(errs);
-    if targets.len() != 1 {
-        errs.push(&p, "exactly one MCP target per backend is supported");
-    }
-    let tp = index_path(&p, 0);
-    let t = Node::new(targets.first()?, &tp).map(errs, &["name", "stdio"])?;
-    let target = opt_str(&t, "name", errs).unwrap_or_else(|| "target0".to_string());
-    let (v, p) = t.require(errs, "stdio")?;
-    let stdio = Node::new(v, &p).map(errs, &["cmd", "args", "env"])?;
-    let cmd = match stdio.require(errs, "cmd") {
-        Some((v, p)) => match Node::new(v, &p).str(errs) {
-            Some("") => {
-                errs.push(&p, "cmd must not be empty");
-                None
-            }
-            other => other.map(str::to_string),
-        },
-        None => None,
-    };
-    let args = stdio
-        .get("args")
-        .map(|(v, p)| string_list(Node::new(v, &p), errs))
-        .unwrap_or_default();
-    let env = stdio
-        .get("env")
-        .map(|(v, p)| string_map(Node::new(v, &p), errs))
-        .unwrap_or_default();
-    Some(Backend::Mcp(McpBackend {
-        target,
-        cmd: cmd?,
-        args,
-        env,
-    }))
 }
 
 /// Gives each extAuthz policy its index, which workers use to find their

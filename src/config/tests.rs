@@ -21,8 +21,17 @@ fn seed_config_loads_unchanged() {
     let Some(Backend::Mcp(mcp)) = &r.backend else {
         panic!("mcp backend expected")
     };
-    assert_eq!(mcp.cmd, "npx");
-    assert_eq!(mcp.args, ["@modelcontextprotocol/server-everything"]);
+    assert_eq!(mcp.targets.len(), 1);
+    assert_eq!(mcp.targets[0].name, "everything");
+    assert_eq!(mcp.targets[0].cmd, "npx");
+    assert_eq!(
+        mcp.targets[0].args,
+        ["@modelcontextprotocol/server-everything"]
+    );
+    assert!(!mcp.is_multiplexing() && !mcp.prefixes_names());
+    // One target with the default modes: the backend is its target, so
+    // sessions and pools keep today's keys.
+    assert_eq!(mcp.key(), mcp.targets[0].key());
     let authz = r.policies.ext_authz.as_ref().unwrap();
     assert_eq!(authz.host, "unix:/run/tailscale/tailscaled.sock");
     assert_eq!(
@@ -309,4 +318,157 @@ fn ext_authz_options() {
     assert!(errors(&bad)
         .iter()
         .any(|e| e.contains("extAuthz.failureMode: expected deny, allow")));
+}
+
+const TWO_TARGETS: &str = r#"
+binds:
+- port: 3000
+  listeners:
+  - routes:
+    - backends:
+      - mcp:
+          targets:
+          - name: everything
+            stdio: {cmd: node, args: [a.js]}
+          - name: memory
+            stdio: {cmd: node, args: [b.js], env: {MEMORY_FILE_PATH: /tmp/m.json}}
+"#;
+
+fn only_backend(cfg: &Config) -> &McpBackend {
+    let Some(Backend::Mcp(m)) = &cfg.binds[0].listeners[0].routes[0].backend else {
+        panic!("mcp backend expected")
+    };
+    m
+}
+
+#[test]
+fn several_targets_load_with_agentgateway_defaults() {
+    let cfg = Config::from_yaml(TWO_TARGETS).expect("valid");
+    let m = only_backend(&cfg);
+    let names: Vec<&str> = m.targets.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["everything", "memory"]);
+    assert_eq!(m.prefix_mode, PrefixMode::Conditional);
+    assert_eq!(m.failure_mode, TargetFailureMode::FailClosed);
+    assert!(m.is_multiplexing() && m.prefixes_names() && m.prefixes_uris());
+    assert_eq!(
+        m.targets[1].env,
+        [("MEMORY_FILE_PATH".into(), "/tmp/m.json".into())]
+    );
+
+    let y = TWO_TARGETS.replace(
+        "          targets:",
+        "          prefixMode: never\n          failureMode: failOpen\n          targets:",
+    );
+    let cfg = Config::from_yaml(&y).expect("valid");
+    let m = only_backend(&cfg);
+    assert_eq!(m.prefix_mode, PrefixMode::Never);
+    assert_eq!(m.failure_mode, TargetFailureMode::FailOpen);
+    assert!(!m.prefixes_names() && m.prefixes_uris());
+    assert_ne!(
+        m.key(),
+        only_backend(&Config::from_yaml(TWO_TARGETS).unwrap()).key()
+    );
+}
+
+#[test]
+fn prefix_mode_always_with_one_target_prefixes() {
+    let y = SEED.replace(
+        "          targets:",
+        "          prefixMode: always\n          targets:",
+    );
+    let cfg = Config::from_yaml(&y).expect("valid");
+    let m = only_backend(&cfg);
+    assert!(m.prefixes_names() && m.prefixes_uris() && m.is_multiplexing());
+}
+
+#[test]
+fn target_errors_name_their_path() {
+    let at = "binds[0].listeners[0].routes[0].backends[0].mcp";
+    let dup = TWO_TARGETS.replace("name: memory", "name: everything");
+    let errs = errors(&dup);
+    assert!(
+        errs.iter().any(|e| e.starts_with(&format!(
+            "{at}.targets[1].name: duplicate MCP target name \"everything\""
+        ))),
+        "{errs:?}"
+    );
+    for bad in ["my_server", "a+b", "", "sp ace"] {
+        let y = TWO_TARGETS.replace("name: memory", &format!("name: {bad:?}"));
+        let errs = errors(&y);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(&format!("{at}.targets[1].name: invalid MCP target name"))),
+            "{bad}: {errs:?}"
+        );
+    }
+    let y = TWO_TARGETS.replace("          targets:", "          prefixMode: sometimes\n          failureMode: failSoft\n          statefulMode: stateless\n          targets:");
+    let errs = errors(&y);
+    for w in [
+        format!("{at}.prefixMode: unknown prefixMode \"sometimes\""),
+        format!("{at}.failureMode: unknown failureMode \"failSoft\""),
+        format!("{at}.statefulMode: unknown key"),
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(&w)),
+            "missing {w:?} in {errs:?}"
+        );
+    }
+    let errs = errors("binds:\n- port: 1\n  listeners:\n  - routes:\n    - backends:\n      - mcp: {targets: []}\n");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with(&format!("{at}.targets: at least one MCP target"))),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn top_level_mcp_shorthand_loads_as_one_route() {
+    let y = r#"
+mcp:
+  port: 3001
+  prefixMode: always
+  targets:
+  - name: a
+    stdio: {cmd: node, args: [a.js]}
+  - name: b
+    stdio: {cmd: node, args: [b.js]}
+  policies:
+    cors: {allowOrigins: ["*"]}
+"#;
+    let cfg = Config::from_yaml(y).expect("valid");
+    assert_eq!(cfg.binds.len(), 1);
+    assert_eq!(cfg.binds[0].port, 3001);
+    let r = &cfg.binds[0].listeners[0].routes[0];
+    assert!(r.matches.is_empty(), "every path");
+    assert!(r.policies.cors.is_some());
+    let m = only_backend(&cfg);
+    assert_eq!(m.targets.len(), 2);
+    assert_eq!(m.prefix_mode, PrefixMode::Always);
+
+    // The default port is agentgateway's.
+    let cfg = Config::from_yaml("mcp:\n  targets: [{name: a, stdio: {cmd: node}}]\n").unwrap();
+    assert_eq!(cfg.binds[0].port, 3000);
+
+    // Keys ringgate does not implement are refused by name and path.
+    let errs = errors("mcp:\n  gateways: [default]\n  statefulMode: stateless\n  targets: [{name: a, stdio: {cmd: node}}]\n  policies: {jwtAuth: {}}\n");
+    for w in [
+        "mcp.gateways: unknown key",
+        "mcp.statefulMode: unknown key",
+        "mcp.policies.jwtAuth: unknown key",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(w)),
+            "missing {w:?} in {errs:?}"
+        );
+    }
+    // With binds too: a second bind, and ports must differ.
+    let both = format!(
+        "{}\nmcp:\n  port: 3000\n  targets: [{{name: a, stdio: {{cmd: node}}}}]\n",
+        TWO_TARGETS.trim()
+    );
+    let errs = errors(&both);
+    assert!(
+        errs.iter().any(|e| e.contains("port 3000 is bound twice")),
+        "{errs:?}"
+    );
 }
