@@ -27,6 +27,7 @@
 
 pub mod endpoint;
 pub mod jsonrpc;
+pub mod multiplex;
 pub mod session;
 pub mod sse;
 

@@ -1,0 +1,463 @@
+//! Several MCP targets behind one endpoint, the pure part: how names and
+//! URIs are exposed and routed back, and how the children's answers to a
+//! fanned-out request become one answer. Everything works on the JSON text
+//! of the messages: values are spliced as the children wrote them (borrowed
+//! `RawValue` spans), and only the member that must change is rewritten.
+//!
+//! agentgateway's conventions: a tool or prompt `echo` of target `a` is
+//! `a_echo` (the name is split at its first `_`; target names have none); a
+//! resource URI with a scheme, `file:///x`, is `a+file:///x` (split at the
+//! first `+`), a URI without a scheme is left alone. `initialize` is answered
+//! with the lowest protocol version the children chose, the union of their
+//! capabilities, their instructions each under `[target]`, and ringgate's
+//! own `serverInfo`.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// The members of a JSON object, in order, with the span of each value in
+/// the object's text. `None` when the text is not an object.
+pub fn members(obj: &str) -> Option<Vec<(Cow<'_, str>, Range<usize>)>> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                out.push((k, map.next_value::<&'de RawValue>()?));
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(obj);
+    let raw = (&mut de).deserialize_map(V).ok()?;
+    de.end().ok()?;
+    let base = obj.as_ptr() as usize;
+    Some(
+        raw.into_iter()
+            .map(|(k, v)| {
+                let start = v.get().as_ptr() as usize - base;
+                (k, start..start + v.get().len())
+            })
+            .collect(),
+    )
+}
+
+/// The span of member `key`'s value (the last one, if repeated).
+pub fn member(obj: &str, key: &str) -> Option<Range<usize>> {
+    members(obj)?
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, r)| r)
+}
+
+/// The span of `outer.inner`'s value.
+pub fn nested(obj: &str, outer: &str, inner: &str) -> Option<Range<usize>> {
+    let o = member(obj, outer)?;
+    let i = member(&obj[o.clone()], inner)?;
+    Some(o.start + i.start..o.start + i.end)
+}
+
+/// `text` with `range` replaced by `with`.
+pub fn splice(text: &str, range: Range<usize>, with: &str) -> String {
+    let mut s = String::with_capacity(text.len() + with.len());
+    s.push_str(&text[..range.start]);
+    s.push_str(with);
+    s.push_str(&text[range.end..]);
+    s
+}
+
+/// The string a JSON string literal stands for.
+pub fn decode_str(raw: &str) -> Option<String> {
+    serde_json::from_str(raw).ok()
+}
+
+/// Prepends `prefix` inside a JSON string literal, keeping the rest of its
+/// bytes (escapes included) as written. `prefix` needs no escaping (target
+/// names are letters, digits, `-` and `.`).
+fn prepend(prefix: &str, raw: &str) -> String {
+    format!("\"{prefix}{}", &raw[1..])
+}
+
+/// Drops the first `n` characters of the string literal `raw` stands for:
+/// byte-wise when they are written unescaped, else re-encoded.
+fn drop_chars(raw: &str, decoded: &str, n: usize) -> String {
+    if raw.len() > n && raw[1..].starts_with(&decoded[..n]) {
+        format!("\"{}", &raw[1 + n..])
+    } else {
+        serde_json::Value::String(decoded[n..].to_string()).to_string()
+    }
+}
+
+/// How one backend's names and URIs are exposed.
+#[derive(Debug, Clone)]
+pub struct Naming {
+    pub targets: Vec<String>,
+    pub prefix_names: bool,
+    pub prefix_uris: bool,
+}
+
+impl Naming {
+    pub fn from_backend(b: &crate::config::McpBackend) -> Naming {
+        Naming {
+            targets: b.targets.iter().map(|t| t.name.clone()).collect(),
+            prefix_names: b.prefixes_names(),
+            prefix_uris: b.prefixes_uris(),
+        }
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.targets.iter().position(|t| t == name)
+    }
+
+    /// A tool or prompt name (JSON string literal) as the client sees it.
+    pub fn expose_name<'a>(&self, target: usize, raw: &'a str) -> Cow<'a, str> {
+        if self.prefix_names && raw.starts_with('"') {
+            Cow::Owned(prepend(&format!("{}_", self.targets[target]), raw))
+        } else {
+            Cow::Borrowed(raw)
+        }
+    }
+
+    /// The target of a prefixed name and the name its child knows; `None`
+    /// when no target has that prefix, or when names are not prefixed (then
+    /// the caller looks the name up).
+    pub fn route_name<'n>(&self, name: &'n str) -> Option<(usize, &'n str)> {
+        if !self.prefix_names {
+            return None;
+        }
+        let (t, rest) = name.split_once('_')?;
+        Some((self.index(t)?, rest))
+    }
+
+    /// A resource URI (JSON string literal) as the client sees it.
+    pub fn expose_uri<'a>(&self, target: usize, raw: &'a str) -> Cow<'a, str> {
+        match decode_str(raw) {
+            Some(uri) if self.prefix_uris && has_scheme(&uri) => {
+                Cow::Owned(prepend(&format!("{}+", self.targets[target]), raw))
+            }
+            _ => Cow::Borrowed(raw),
+        }
+    }
+
+    /// The target of an exposed URI and the URI its child knows.
+    pub fn route_uri<'u>(&self, uri: &'u str) -> Option<(usize, &'u str)> {
+        if !self.prefix_uris {
+            return None;
+        }
+        let (t, rest) = uri.split_once('+')?;
+        Some((self.index(t)?, rest))
+    }
+
+    /// Rewrites the string member at `range` of `line` (a client's message)
+    /// from its exposed form (a prefixed name, or a URI when `uri`) to the
+    /// child's; the target and the new line.
+    pub fn unexpose(&self, line: &str, range: Range<usize>, uri: bool) -> Option<(usize, String)> {
+        let raw = &line[range.clone()];
+        let decoded = decode_str(raw)?;
+        let target = if uri {
+            self.route_uri(&decoded)?.0
+        } else {
+            self.route_name(&decoded)?.0
+        };
+        let cut = self.targets[target].len() + 1;
+        Some((target, splice(line, range, &drop_chars(raw, &decoded, cut))))
+    }
+}
+
+/// RFC 3986: `ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":"`.
+pub fn has_scheme(uri: &str) -> bool {
+    let Some((scheme, _)) = uri.split_once(':') else {
+        return false;
+    };
+    let mut b = scheme.bytes();
+    b.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
+}
+
+/// The list methods a multiplexed session fans out, and the member of each
+/// item that carries its routing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    Tools,
+    Prompts,
+    Resources,
+    ResourceTemplates,
+}
+
+impl ListKind {
+    pub fn of_method(method: &str) -> Option<ListKind> {
+        Some(match method {
+            "tools/list" => ListKind::Tools,
+            "prompts/list" => ListKind::Prompts,
+            "resources/list" => ListKind::Resources,
+            "resources/templates/list" => ListKind::ResourceTemplates,
+            _ => return None,
+        })
+    }
+    pub fn key(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools",
+            ListKind::Prompts => "prompts",
+            ListKind::Resources => "resources",
+            ListKind::ResourceTemplates => "resourceTemplates",
+        }
+    }
+    fn member(self) -> &'static str {
+        match self {
+            ListKind::Tools | ListKind::Prompts => "name",
+            ListKind::Resources => "uri",
+            ListKind::ResourceTemplates => "uriTemplate",
+        }
+    }
+}
+
+/// A child's answer to a fanned-out request: its target and its line.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer<'a> {
+    pub target: usize,
+    pub line: &'a str,
+}
+
+impl Answer<'_> {
+    fn result(&self) -> Option<&str> {
+        member(self.line, "result").map(|r| &self.line[r])
+    }
+}
+
+/// Which answers count: an error (or a malformed answer) from any child is
+/// the answer under failClosed; under failOpen those children are left out,
+/// unless none is left.
+fn usable<'a>(answers: &[Answer<'a>], fail_open: bool) -> Result<Vec<Answer<'a>>, String> {
+    let (ok, bad): (Vec<Answer>, Vec<Answer>) =
+        answers.iter().partition(|a: &&Answer| a.result().is_some());
+    match bad.first() {
+        Some(b) if !fail_open || ok.is_empty() => Err(b.line.to_string()),
+        _ if ok.is_empty() => Err(String::new()),
+        _ => Ok(ok),
+    }
+}
+
+/// The items of a list answer, each with the span of its routing member.
+fn items(kind: ListKind, result: &str) -> Vec<(&str, Option<Range<usize>>)> {
+    let Some(r) = member(result, kind.key()) else {
+        return Vec::new();
+    };
+    let list: Vec<&RawValue> = serde_json::from_str(&result[r]).unwrap_or_default();
+    list.into_iter()
+        .map(|item| (item.get(), member(item.get(), kind.member())))
+        .collect()
+}
+
+/// The names (or URIs) a child's list answer offers, decoded.
+pub fn names(kind: ListKind, line: &str) -> Vec<String> {
+    let Some(result) = member(line, "result").map(|r| &line[r]) else {
+        return Vec::new();
+    };
+    items(kind, result)
+        .into_iter()
+        .filter_map(|(item, r)| decode_str(&item[r?]))
+        .collect()
+}
+
+/// Names offered by more than one target, each with the targets offering it.
+pub fn clashes(per_target: &[(usize, Vec<String>)]) -> Vec<(String, Vec<usize>)> {
+    let mut seen: Vec<(String, Vec<usize>)> = Vec::new();
+    for (t, names) in per_target {
+        for n in names {
+            match seen.iter_mut().find(|(s, _)| s == n) {
+                Some((_, ts)) if !ts.contains(t) => ts.push(*t),
+                Some(_) => {}
+                None => seen.push((n.clone(), vec![*t])),
+            }
+        }
+    }
+    seen.retain(|(_, ts)| ts.len() > 1);
+    seen
+}
+
+/// One answer to a fanned-out list request, `id` being the client's (raw):
+/// every child's items in target order, each spliced as written, its name
+/// or URI rewritten as exposed. Pagination is not merged: each child's
+/// first page is served. `Err` carries the error line to send instead.
+pub fn merge_list(
+    naming: &Naming,
+    kind: ListKind,
+    id: &str,
+    answers: &[Answer],
+    fail_open: bool,
+) -> Result<String, String> {
+    let ok = usable(answers, fail_open)?;
+    let mut out = format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"result":{{"{}":["#,
+        kind.key()
+    );
+    let mut first = true;
+    for a in ok {
+        let result = a.result().unwrap_or("{}");
+        for (item, span) in items(kind, result) {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            match span {
+                Some(r) => {
+                    let raw = &item[r.clone()];
+                    let exposed = match kind {
+                        ListKind::Tools | ListKind::Prompts => naming.expose_name(a.target, raw),
+                        _ => naming.expose_uri(a.target, raw),
+                    };
+                    out.push_str(&splice(item, r, &exposed));
+                }
+                None => out.push_str(item),
+            }
+        }
+    }
+    out.push_str("]}}");
+    Ok(out)
+}
+
+/// What ringgate calls itself in a merged `initialize` answer.
+pub fn server_info() -> String {
+    format!(
+        r#"{{"name":"ringgate","version":"{}"}}"#,
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The union of the children's capabilities, two levels deep: a capability
+/// any child has is offered, with the members any child gives it (`true`
+/// wins over `false`, else the first child's value as written).
+fn merge_capabilities(results: &[&str]) -> String {
+    /// A capability's name, its members (name, raw value), or its raw value
+    /// when it is not an object.
+    type Capability = (String, Vec<(String, String)>, Option<String>);
+    let mut caps: Vec<Capability> = Vec::new();
+    for result in results {
+        let Some(r) = member(result, "capabilities") else {
+            continue;
+        };
+        let obj = &result[r];
+        for (k, span) in members(obj).unwrap_or_default() {
+            let v = &obj[span];
+            let inner = members(v);
+            let slot = match caps.iter_mut().position(|(n, _, _)| *n == k) {
+                Some(i) => &mut caps[i],
+                None => {
+                    caps.push((k.to_string(), Vec::new(), None));
+                    caps.last_mut().expect("pushed")
+                }
+            };
+            match inner {
+                Some(ms) => {
+                    for (mk, ms) in ms {
+                        let mv = &v[ms];
+                        match slot.1.iter_mut().find(|(n, _)| *n == mk) {
+                            Some((_, old)) if mv == "true" => *old = mv.to_string(),
+                            Some(_) => {}
+                            None => slot.1.push((mk.to_string(), mv.to_string())),
+                        }
+                    }
+                }
+                None if slot.2.is_none() => slot.2 = Some(v.to_string()),
+                None => {}
+            }
+        }
+    }
+    let mut out = String::from("{");
+    for (i, (k, ms, scalar)) in caps.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::Value::String(k.clone()).to_string());
+        out.push(':');
+        match scalar {
+            Some(v) if ms.is_empty() => out.push_str(v),
+            _ => {
+                out.push('{');
+                for (j, (mk, mv)) in ms.iter().enumerate() {
+                    if j > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::Value::String(mk.clone()).to_string());
+                    out.push(':');
+                    out.push_str(mv);
+                }
+                out.push('}');
+            }
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// One answer to the client's `initialize` (`id` raw) from the children's.
+pub fn merge_initialize(
+    naming: &Naming,
+    id: &str,
+    answers: &[Answer],
+    fail_open: bool,
+) -> Result<String, String> {
+    let ok = usable(answers, fail_open)?;
+    let results: Vec<&str> = ok.iter().filter_map(|a| a.result()).collect();
+    let version = results
+        .iter()
+        .filter_map(|r| member(r, "protocolVersion").map(|s| &r[s]))
+        .min_by_key(|raw| decode_str(raw).unwrap_or_default())
+        .unwrap_or("\"2025-03-26\"");
+    let mut instructions = String::new();
+    for a in &ok {
+        let r = a.result().unwrap_or("{}");
+        let Some(raw) = member(r, "instructions").map(|s| &r[s]) else {
+            continue;
+        };
+        if !raw.starts_with('"') || raw == "\"\"" {
+            continue;
+        }
+        if !instructions.is_empty() {
+            instructions.push_str("\\n\\n");
+        }
+        // The child's string as written, under its target's name.
+        instructions.push_str(&format!("[{}]\\n", naming.targets[a.target]));
+        instructions.push_str(&raw[1..raw.len() - 1]);
+    }
+    let mut out = format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"result":{{"protocolVersion":{version},"capabilities":{},"serverInfo":{}"#,
+        merge_capabilities(&results),
+        server_info()
+    );
+    if !instructions.is_empty() {
+        out.push_str(&format!(r#","instructions":"{instructions}""#));
+    }
+    out.push_str("}}");
+    Ok(out)
+}
+
+/// The id a server-to-client request from `target` carries to the client:
+/// a string naming the target and holding the child's id as written, so the
+/// client's answer goes back to that child with its id byte for byte.
+pub fn expose_request_id(target: &str, raw: &str) -> String {
+    serde_json::Value::String(format!("{target}:{raw}")).to_string()
+}
+
+/// The target and the child's raw id of a client's answer whose id is `raw`.
+pub fn route_response_id(naming: &Naming, raw: &str) -> Option<(usize, String)> {
+    let s = decode_str(raw)?;
+    let (t, orig) = s.split_once(':')?;
+    let t = naming.index(t)?;
+    // Only an id ringgate made: the child's id was valid JSON.
+    serde_json::from_str::<&RawValue>(orig).ok()?;
+    Some((t, orig.to_string()))
+}
+
+#[cfg(test)]
+#[path = "multiplex_tests.rs"]
+mod tests;
