@@ -233,4 +233,29 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["who"], "Ada \"L\"\nx");
     }
+
+    /// A structured extAuthz value (a whois `CapMap`) is written as compact
+    /// JSON; a null one as `null`.
+    #[test]
+    fn structured_values_are_compact_json() {
+        use crate::policy::cel::Value;
+        let caps = Value::Map(vec![(
+            Value::String("example.com/cap/mcp".into()),
+            Value::List(vec![Value::Map(vec![(
+                Value::String("tools".into()),
+                Value::List(vec![Value::String("echo".into())]),
+            )])]),
+        )]);
+        let mut l = Line::with(false, &[]);
+        l.field("caps", &caps);
+        l.field("none", &Value::Null);
+        assert_eq!(
+            l.finish(),
+            r#"request caps="{\"example.com/cap/mcp\":[{\"tools\":[\"echo\"]}]}" none=null"#
+        );
+        let mut l = Line::with(true, &[]);
+        l.field("caps", &caps);
+        let v: serde_json::Value = serde_json::from_str(&l.finish()).unwrap();
+        assert_eq!(v["caps"], r#"{"example.com/cap/mcp":[{"tools":["echo"]}]}"#);
+    }
 }

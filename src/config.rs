@@ -18,6 +18,7 @@ use std::time::Duration;
 pub use yaml::{ConfigError, ConfigErrors};
 
 use crate::policy::cel::Expr;
+pub use crate::policy::mcp_authz::{McpAuthorization, Rule, RuleKind};
 
 /// Default limits; README documents each one next to its key under `config.http`.
 pub const DEFAULT_MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -232,6 +233,8 @@ pub struct Policies {
     pub cors: Option<Cors>,
     pub ext_authz: Option<ExtAuthz>,
     pub direct_response: Option<DirectResponse>,
+    /// Per tool, prompt and resource; only on routes with an MCP backend.
+    pub mcp_authorization: Option<McpAuthorization>,
 }
 
 #[derive(Debug, Clone, Default)]

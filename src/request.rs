@@ -87,6 +87,7 @@ impl<'a> Request<'a> {
             headers,
             response: None,
             extauthz: None,
+            mcp: None,
         }
     }
 }

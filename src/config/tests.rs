@@ -277,3 +277,5 @@ fn ext_authz_options() {
         .iter()
         .any(|e| e.contains("extAuthz.failureMode: expected deny, allow")));
 }
+
+mod mcp_authz;
