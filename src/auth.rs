@@ -17,6 +17,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Instant;
 
+use thiserror::Error;
 use tracing::{debug, warn};
 
 use crate::config::{ExtAuthz, FailureMode};
@@ -24,7 +25,9 @@ use crate::http::response::Response;
 use crate::policy::cel::{EvalError, ResponseVars, Value, Vars};
 use crate::stats::{AuthzOutcome, Stats};
 use cache::{Cache, Lookup};
-use client::{AuthzClient, CheckRequest, CheckResponse, ClientConfig, Target};
+use client::{
+    AuthzClient, CheckRequest, CheckResponse, ClientConfig, ClientError, Target, TargetError,
+};
 
 /// A cached authorization answer.
 #[derive(Debug)]
@@ -36,8 +39,25 @@ pub struct Decision {
     pub metadata: Vec<(String, Value)>,
 }
 
-/// Why no decision could be had; logged, never shown to the client.
-pub type Failure = Rc<str>;
+/// Why no decision could be had; logged, never shown to the client. Cloned
+/// to every request that shared the lookup, so it holds no owned I/O error.
+#[derive(Debug, Clone, Error)]
+pub enum Failure {
+    /// The check request or the cache key could not be rendered.
+    #[error("{what}: {reason}")]
+    Render { what: String, reason: String },
+    /// The request that led the shared lookup went away without an answer.
+    #[error("the shared lookup was abandoned")]
+    Abandoned,
+    #[error("authorization service: {0}")]
+    Service(Rc<ClientError>),
+    /// Neither an allow (2xx) nor a deny (4xx).
+    #[error("authorization service answered {0}")]
+    Status(u16),
+    /// A 2xx whose metadata cannot be read: no identity, so no allow.
+    #[error("metadata {key}: {reason}")]
+    Metadata { key: String, reason: String },
+}
 
 type Answer = Result<Rc<Decision>, Failure>;
 
@@ -76,10 +96,12 @@ pub struct AuthzState {
 }
 
 impl AuthzState {
-    pub fn new(cfg: &ExtAuthz) -> Result<AuthzState, String> {
+    pub fn new(cfg: &ExtAuthz) -> Result<AuthzState, TargetError> {
         let target = Target::parse(&cfg.host)?;
         let mut cc = ClientConfig::new(target);
         cc.timeout = cfg.timeout;
+        cc.max_connections = cfg.connections.max;
+        cc.max_waiting = cfg.connections.max_waiting;
         Ok(AuthzState {
             client: AuthzClient::new(cc),
             cache: Rc::new(Cache::new(cfg.cache.max_entries)),
@@ -104,9 +126,13 @@ pub async fn check(state: &AuthzState, cfg: &ExtAuthz, vars: &Vars<'_>, stats: &
     match answer {
         Ok(d) if d.allowed => Verdict::Allow(Some(d), source),
         Ok(_) => Verdict::Deny(denied(403), source),
-        Err(reason) => {
-            warn!(reason = &*reason, "external authorization failed");
+        Err(failure) => {
+            let reason = failure.to_string();
+            warn!(reason = reason.as_str(), "external authorization failed");
             match cfg.failure_mode {
+                // An overloaded service must not open the door: a flood of
+                // strangers would otherwise let itself in.
+                FailureMode::Allow if failure.is_refusal() => Verdict::Deny(denied(403), source),
                 FailureMode::Allow => Verdict::Allow(None, source),
                 FailureMode::Deny => Verdict::Deny(denied(403), source),
                 FailureMode::DenyWithStatus(s) => Verdict::Deny(denied(s), source),
@@ -115,12 +141,23 @@ pub async fn check(state: &AuthzState, cfg: &ExtAuthz, vars: &Vars<'_>, stats: &
     }
 }
 
+impl Failure {
+    /// No call was made: every connection stayed busy, or too many checks
+    /// already waited for one.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Failure::Service(e) if e.is_refusal())
+    }
+}
+
 fn denied(status: u16) -> Response {
     Response::text(status, "external authorization failed")
 }
 
 fn fail(what: &str, e: EvalError) -> Failure {
-    format!("{what}: {e}").into()
+    Failure::Render {
+        what: what.to_string(),
+        reason: e.to_string(),
+    }
 }
 
 /// Builds the check request; done only when the cache has no answer.
@@ -202,9 +239,7 @@ async fn lookup(
         }
         Lookup::Wait(w) => {
             state.key_buf.set(key);
-            let a = w
-                .await
-                .unwrap_or_else(|| Err("the shared lookup was abandoned".into()));
+            let a = w.await.unwrap_or(Err(Failure::Abandoned));
             return (a, Source::Shared);
         }
         Lookup::Lead(l) => l,
@@ -217,11 +252,20 @@ async fn lookup(
         }
     };
     let started = Instant::now();
-    let answer = match state.client.send(&req).await {
+    let call = state.client.call(&req).await;
+    let refused = call.result.as_ref().is_err_and(|e| e.is_refusal());
+    if call.waited {
+        stats.authz_wait(refused);
+    }
+    let answer = match call.result {
         Ok(resp) => decide(cfg, vars, &resp),
-        Err(e) => Err(format!("authorization service: {e}").into()),
+        // A refusal is a failure like any other: never cached, failureMode
+        // decides, and a deny is a deny, never an allow.
+        Err(e) => Err(Failure::Service(Rc::new(e))),
     };
-    stats.whois(started.elapsed());
+    if !refused {
+        stats.whois(started.elapsed());
+    }
     debug!(
         path = req.path,
         elapsed_us = started.elapsed().as_micros() as u64,
@@ -247,7 +291,7 @@ fn decide(cfg: &ExtAuthz, vars: &Vars, resp: &CheckResponse) -> Answer {
                 metadata: Vec::new(),
             }))
         }
-        s => return Err(format!("authorization service answered {s}").into()),
+        s => return Err(Failure::Status(s)),
     }
     let headers: Vec<(&str, &[u8])> = resp
         .headers
@@ -265,9 +309,10 @@ fn decide(cfg: &ExtAuthz, vars: &Vars, resp: &CheckResponse) -> Answer {
     let mut metadata = Vec::with_capacity(cfg.metadata.len());
     for (key, expr) in &cfg.metadata {
         // An answer we cannot read is not an identity: fail, do not cache.
-        let v = expr
-            .eval(&vars)
-            .map_err(|e| Failure::from(format!("metadata {key}: {e}")))?;
+        let v = expr.eval(&vars).map_err(|e| Failure::Metadata {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
         metadata.push((key.clone(), v));
     }
     Ok(Rc::new(Decision {
@@ -357,5 +402,40 @@ mod tests {
           cache: {key: source.address}"#,
         );
         assert_eq!(key(&cfg, "127.0.0.3"), "127.0.0.3");
+    }
+
+    /// What the log says about a failure is what it said when failures
+    /// were strings.
+    #[test]
+    fn failure_texts() {
+        let cfg = policy(
+            r#"          protocol:
+            http:
+              path: '"/w?" + request.headers["x-none"]'"#,
+        );
+        let Err(Failure::Render { what, .. }) = render(&cfg, &vars("127.0.0.1")) else {
+            panic!("a missing header does not render")
+        };
+        assert_eq!(what, "path");
+        let closed = Failure::Service(Rc::new(ClientError::Closed));
+        assert_eq!(
+            closed.to_string(),
+            "authorization service: connection closed before a complete answer"
+        );
+        assert_eq!(
+            Failure::Status(502).to_string(),
+            "authorization service answered 502"
+        );
+        assert_eq!(
+            Failure::Abandoned.to_string(),
+            "the shared lookup was abandoned"
+        );
+        let m = Failure::Metadata {
+            key: "node".into(),
+            reason: "no such key".into(),
+        };
+        assert_eq!(m.to_string(), "metadata node: no such key");
+        let r = fail("x-peer", EvalError::Unconvertible("map".into()));
+        assert_eq!(r.to_string(), "x-peer: cannot convert a value of type map");
     }
 }

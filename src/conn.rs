@@ -350,9 +350,11 @@ const HEAD_HOLD: Duration = Duration::from_millis(5);
 
 /// Writes a response head (in `out`) and its streamed body until the body's
 /// senders are gone; returns the buffer (unless the connection failed) and
-/// the bytes written. A client that closes its end while the stream waits
-/// for its next event is noticed at once: the stream's receiver is dropped,
-/// which its sender (an MCP session) sees.
+/// the bytes written. A client that closes its connection while the stream
+/// waits for its next event is noticed at once (its FIN, then the reset its
+/// kernel sends for our next bytes): the stream's receiver is dropped, which
+/// its sender (an MCP session) sees. A client that only shut down its
+/// sending side keeps reading.
 async fn write_stream(
     stream: &mut TcpStream,
     mut out: Vec<u8>,
@@ -363,25 +365,54 @@ async fn write_stream(
     let mut sent = 0;
     let mut wait = HEAD_HOLD;
     // Watch the client only in long waits: a quick answer costs nothing.
-    let mut watch = false;
+    let mut watch = Watch::Off;
     loop {
-        let next = if watch {
+        let timer = match watch {
+            Watch::Probe(at) => wait.min(at.saturating_duration_since(Instant::now())),
+            _ => wait,
+        };
+        let next = if watch == Watch::On {
             monoio::select! {
-                r = monoio::time::timeout(wait, rx.recv_async()) => Some(r),
+                r = monoio::time::timeout(timer, rx.recv_async()) => Some(r),
                 _ = stream.readable(false) => None,
             }
         } else {
-            Some(monoio::time::timeout(wait, rx.recv_async()).await)
+            Some(monoio::time::timeout(timer, rx.recv_async()).await)
         };
         let Some(next) = next else {
             match peer_state(stream) {
-                Peer::Gone => return (None, sent),
+                Peer::Failed => return (None, sent),
+                // A FIN: the client closed, or only shut down its sending
+                // side and still reads. A closed client answers our next
+                // bytes with a reset, which the probe then sees.
+                Peer::Closed => {
+                    watch = Watch::Probe(Instant::now() + CLOSE_PROBE);
+                    out.clear();
+                    stream_piece(&mut out, crate::mcp::sse::KEEPALIVE, http10);
+                    sent += out.len();
+                    match write(stream, out, timeout).await {
+                        Some(o) => out = o,
+                        None => return (None, sent),
+                    }
+                    out.clear();
+                }
                 // Bytes of a next request: they wait in the kernel.
-                Peer::Sent => watch = false,
+                Peer::Sent => watch = Watch::Off,
                 Peer::Quiet => {}
             }
             continue;
         };
+        if let (Err(_), Watch::Probe(at)) = (&next, watch) {
+            if Instant::now() >= at {
+                if peer_state(stream) == Peer::Failed {
+                    return (None, sent);
+                }
+                // Half-closed but reading: serve on; a later close shows
+                // up as a failed write.
+                watch = Watch::Off;
+                continue;
+            }
+        }
         let end = match next {
             Ok(Ok(piece)) => {
                 stream_piece(&mut out, &piece, http10);
@@ -415,7 +446,7 @@ async fn write_stream(
         };
         if wait == HEAD_HOLD {
             wait = STREAM_KEEPALIVE;
-            watch = true;
+            watch = Watch::On;
         }
         sent += out.len();
         match write(stream, out, timeout).await {
@@ -428,9 +459,26 @@ async fn write_stream(
     }
 }
 
+/// How a streamed answer keeps an eye on its client.
+#[derive(Clone, Copy, PartialEq)]
+enum Watch {
+    Off,
+    /// Wake when the socket becomes readable.
+    On,
+    /// The client sent a FIN; look for a reset at this time.
+    Probe(Instant),
+}
+
+/// How long after a client's FIN the stream looks for the reset that a
+/// closed socket answers to our bytes with (a round trip, on a tailnet).
+const CLOSE_PROBE: Duration = Duration::from_millis(250);
+
+#[derive(PartialEq)]
 enum Peer {
-    /// Closed or reset its end.
-    Gone,
+    /// Reset, or another error: gone.
+    Failed,
+    /// End of stream: a FIN.
+    Closed,
     /// Sent bytes (a pipelined request), still there to read.
     Sent,
     /// Nothing to read after all.
@@ -450,11 +498,11 @@ fn peer_state(stream: &TcpStream) -> Peer {
         )
     };
     match n {
-        0 => Peer::Gone,
+        0 => Peer::Closed,
         n if n > 0 => Peer::Sent,
         _ => match std::io::Error::last_os_error().kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Peer::Quiet,
-            _ => Peer::Gone,
+            _ => Peer::Failed,
         },
     }
 }

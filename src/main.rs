@@ -49,7 +49,11 @@ fn admin_addr(flag: &str, v: &str) -> Result<Option<SocketAddr>, String> {
     }
 }
 
+/// Exit code after a panic on any thread (EX_SOFTWARE).
+const PANIC_EXIT: i32 = 70;
+
 fn main() -> ExitCode {
+    exit_on_panic();
     let cli = Cli::parse();
     let mut config = match Config::from_file(&cli.file) {
         Ok(c) => c,
@@ -140,6 +144,48 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A panic on any thread ends the process at once with [`PANIC_EXIT`]: a
+/// worker that died would otherwise leave the process serving on with fewer
+/// workers (its sessions lost, its share of connections refused by the
+/// kernel) until shutdown. The panic is logged with the thread's name and the
+/// log flushed first; children die with the process (parent-death signal).
+fn exit_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed").to_string();
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(not a string)");
+        let location = info.location().map_or_else(String::new, |l| l.to_string());
+        // With RUST_BACKTRACE set.
+        let bt = std::backtrace::Backtrace::capture();
+        let captured = bt.status() == std::backtrace::BacktraceStatus::Captured;
+        // The log writer cannot write its own last words, and before the
+        // logger is set up nothing would.
+        if name == "ringgate-log" || !tracing::dispatcher::has_been_set() {
+            eprintln!("ringgate: thread '{name}' panicked at {location}: {message}; exiting");
+            if captured {
+                eprintln!("{bt}");
+            }
+        } else {
+            error!(
+                thread = name,
+                location,
+                panic = message,
+                "thread panicked; exiting"
+            );
+            if captured {
+                error!(thread = name, "panic backtrace:\n{bt}");
+            }
+            ringgate::logging::sink::flush();
+        }
+        std::process::exit(PANIC_EXIT);
+    }));
 }
 
 fn start_admin(config: &Config, plumbing: &Plumbing) -> std::io::Result<()> {

@@ -39,18 +39,19 @@ pub const DEFAULT_VERSION: &str = "2025-03-26";
 pub const LAST_BATCH_VERSION: &str = "2025-03-26";
 
 /// A new session id owned by `worker`: 4 hex digits, then 32 hex digits of
-/// randomness from the kernel.
-pub fn new_session_id(worker: usize) -> String {
+/// randomness from the kernel. Fails only if the kernel gives no randomness
+/// (the request that wanted a session gets 503; the worker serves on).
+pub fn new_session_id(worker: usize) -> std::io::Result<String> {
     let mut bytes = [0u8; 16];
-    fill_random(&mut bytes);
+    fill_random(&mut bytes)?;
     let mut id = format!("{:04x}", worker & 0xffff);
     for b in bytes {
         id.push_str(&format!("{b:02x}"));
     }
-    id
+    Ok(id)
 }
 
-fn fill_random(buf: &mut [u8]) {
+fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         // SAFETY: getrandom writes at most `len` bytes into the buffer we own.
@@ -58,10 +59,14 @@ fn fill_random(buf: &mut [u8]) {
             unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
         if n > 0 {
             filled += n as usize;
-        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            panic!("getrandom failed: {}", std::io::Error::last_os_error());
+        } else {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
         }
     }
+    Ok(())
 }
 
 /// The worker that owns a session id, if the id is well formed.
@@ -337,7 +342,15 @@ impl McpWorker {
         if pool.idle() == 0 {
             self.pool_waits.set(self.pool_waits.get() + 1);
         }
-        let child = match pool.take() {
+        // Before taking a child, so a failure leaves the pool as it was.
+        let id = match new_session_id(self.worker) {
+            Ok(id) => id,
+            Err(e) => {
+                warn!(error = %e, "no randomness for a session id (getrandom)");
+                return Err(Reply::Status(503, "cannot create a session"));
+            }
+        };
+        let child = match pool.take().await {
             Ok(c) => c,
             Err(PoolError::Exhausted { .. }) => {
                 return Err(Reply::Status(503, "no MCP server available"))
@@ -347,7 +360,6 @@ impl McpWorker {
                 return Err(Reply::Status(503, "MCP server failed to start"));
             }
         };
-        let id = new_session_id(self.worker);
         let (handle, writer, reader) = child.into_parts();
         handle.set_session(&id);
         let session = Session::new(
@@ -467,6 +479,7 @@ impl McpWorker {
                 spawn_failures: st.spawn_failures,
                 exits: vec![
                     ("exited", st.exited),
+                    ("signaled", st.signaled),
                     ("stdin_closed", st.stdin_closed),
                     ("terminated", st.terminated),
                     ("killed", st.killed),
@@ -483,8 +496,8 @@ mod tests {
 
     #[test]
     fn session_ids_name_their_owner_and_are_random() {
-        let a = new_session_id(3);
-        let b = new_session_id(3);
+        let a = new_session_id(3).unwrap();
+        let b = new_session_id(3).unwrap();
         assert_eq!(a.len(), 36);
         assert_ne!(a, b);
         assert_eq!(owner_of(&a), Some(3));

@@ -14,7 +14,7 @@
 //!
 //! - [`child`]: one child: spawn, line I/O, stop, reap
 //! - `reader`, `writer`, `stderr`: stdout lines, stdin lines, stderr logging
-//! - `reaper`: group signals, non-reaping exit checks, orphans
+//! - `reaper`: the process thread that forks and reaps every child
 
 pub mod child;
 mod reader;
@@ -117,6 +117,7 @@ pub struct PoolStats {
     pub taken: u64,
     /// Exits of this pool's children by cause, including taken ones.
     pub exited: u64,
+    pub signaled: u64,
     pub stdin_closed: u64,
     pub terminated: u64,
     pub killed: u64,
@@ -142,6 +143,10 @@ pub struct Pool {
     /// No spawn before this.
     next_attempt: Cell<Option<Instant>>,
     wake: Rc<Notify>,
+    /// Refill spawns under way (spawning runs on the process thread), and
+    /// the tasks in `take` waiting for one of them to land.
+    refilling: Cell<usize>,
+    landed: RefCell<Vec<Waker>>,
     started: Cell<bool>,
     shut: Cell<bool>,
 }
@@ -167,6 +172,8 @@ impl Pool {
             streak: Cell::new(0),
             next_attempt: Cell::new(None),
             wake: Rc::new(Notify::default()),
+            refilling: Cell::new(0),
+            landed: RefCell::new(Vec::new()),
             started: Cell::new(false),
             shut: Cell::new(false),
         })
@@ -181,13 +188,20 @@ impl Pool {
     }
 
     /// An idle child if one is alive, else a new one if under `max_live`.
-    pub fn take(&self) -> Result<Child, PoolError> {
+    pub async fn take(&self) -> Result<Child, PoolError> {
         if self.shut.get() {
             return Err(PoolError::ShutDown);
         }
         self.wake.notify();
         loop {
             let Some(child) = self.idle.borrow_mut().pop_front() else {
+                if self.refilling.get() > 0 && !self.shut.get() {
+                    // A refill spawn is under way: its child is no colder
+                    // than a new one, and another would count against
+                    // max_live.
+                    self.refill_landed().await;
+                    continue;
+                }
                 break;
             };
             if child.try_exit().is_some() {
@@ -208,7 +222,7 @@ impl Pool {
                 });
             }
         }
-        let child = self.spawn_one()?;
+        let child = self.spawn_one().await?;
         self.taken.set(self.taken.get() + 1);
         Ok(child)
     }
@@ -239,6 +253,7 @@ impl Pool {
             died_idle: self.died_idle.get(),
             taken: self.taken.get(),
             exited: e.get(ExitCause::Exited),
+            signaled: e.get(ExitCause::Signaled),
             stdin_closed: e.get(ExitCause::StdinClosed),
             terminated: e.get(ExitCause::Terminated),
             killed: e.get(ExitCause::Killed),
@@ -262,7 +277,7 @@ impl Pool {
         }
     }
 
-    fn spawn_one(&self) -> Result<Child, PoolError> {
+    async fn spawn_one(&self) -> Result<Child, PoolError> {
         let slot =
             LiveSlot::try_acquire(&self.live, self.cfg.max_live).ok_or(PoolError::Exhausted {
                 max_live: self.cfg.max_live,
@@ -273,7 +288,7 @@ impl Pool {
             live: Some(slot),
             exits: Some(self.exits.clone()),
         };
-        match Child::spawn(&self.spec, opts) {
+        match Child::spawn(&self.spec, opts).await {
             Ok(c) => {
                 self.spawned.set(self.spawned.get() + 1);
                 Ok(c)
@@ -284,6 +299,21 @@ impl Pool {
                 Err(PoolError::Spawn(e))
             }
         }
+    }
+
+    /// Waits until the refill spawn under way has finished.
+    async fn refill_landed(&self) {
+        let mut waiting = false;
+        poll_fn(|cx| {
+            // Woken once: the caller looks at the idle list again.
+            if waiting || self.refilling.get() == 0 {
+                return Poll::Ready(());
+            }
+            waiting = true;
+            self.landed.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     fn died_while_idle(&self, child: &Child) {
@@ -318,7 +348,7 @@ impl Pool {
     }
 
     /// One refill pass; returns how long to sleep unless woken.
-    fn refill(&self, now: Instant) -> Duration {
+    async fn refill(&self, now: Instant) -> Duration {
         let mut on_probation = false;
         let idle: Vec<Child> = self.idle.borrow_mut().drain(..).collect();
         for c in idle {
@@ -341,7 +371,18 @@ impl Pool {
             }
         }
         while self.idle() < self.cfg.min_idle {
-            match self.spawn_one() {
+            self.refilling.set(self.refilling.get() + 1);
+            let spawned = self.spawn_one().await;
+            self.refilling.set(self.refilling.get() - 1);
+            for w in self.landed.borrow_mut().drain(..) {
+                w.wake();
+            }
+            match spawned {
+                Ok(c) if self.shut.get() => {
+                    // Shut down while it was being spawned.
+                    c.stop(self.cfg.stop_grace).await;
+                    break;
+                }
                 Ok(c) => {
                     on_probation = true;
                     self.idle.borrow_mut().push_back(c);
@@ -371,7 +412,7 @@ async fn refill_loop(pool: Weak<Pool>, wake: Rc<Notify>) {
             if pool.shut.get() {
                 return;
             }
-            pool.refill(Instant::now())
+            pool.refill(Instant::now()).await
         };
         // Woken early by `take` or `shutdown`.
         let _ = monoio::time::timeout(pause, wake.notified()).await;

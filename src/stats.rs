@@ -67,6 +67,9 @@ pub struct Stats {
     authz: [Cell<u64>; 3],
     cache_hits: Cell<u64>,
     cache_lookups: Cell<u64>,
+    /// Calls to the authorization service that waited for a connection /
+    /// were refused by the per-worker bound (and failed closed).
+    authz_waits: [Cell<u64>; 2],
     pub pool_waits: Cell<u64>,
     pub bytes_in: Cell<u64>,
     pub bytes_out: Cell<u64>,
@@ -83,6 +86,7 @@ impl Default for Stats {
             authz: Default::default(),
             cache_hits: Cell::new(0),
             cache_lookups: Cell::new(0),
+            authz_waits: Default::default(),
             pool_waits: Cell::new(0),
             bytes_in: Cell::new(0),
             bytes_out: Cell::new(0),
@@ -126,6 +130,12 @@ impl Stats {
         }
     }
 
+    /// A call that found every connection to the service busy; `refused`
+    /// when it got none within its timeout or the queue was full.
+    pub fn authz_wait(&self, refused: bool) {
+        bump(&self.authz_waits[usize::from(refused)], 1);
+    }
+
     pub fn whois(&self, took: Duration) {
         self.whois.borrow_mut().observe(&WHOIS_BUCKETS, took);
     }
@@ -159,6 +169,7 @@ impl Stats {
             ],
             cache_hits: self.cache_hits.get(),
             cache_lookups: self.cache_lookups.get(),
+            authz_waits: [self.authz_waits[0].get(), self.authz_waits[1].get()],
             pool_waits: self.pool_waits.get(),
             bytes_in: self.bytes_in.get(),
             bytes_out: self.bytes_out.get(),
@@ -191,6 +202,8 @@ pub struct Snapshot {
     pub cache_hits: u64,
     pub cache_lookups: u64,
     pub cache_entries: u64,
+    /// Calls to the authorization service that waited / were refused.
+    pub authz_waits: [u64; 2],
     pub pool_waits: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -221,6 +234,8 @@ pub fn render(snaps: &[Snapshot], live_children: usize) -> String {
         total.cache_hits += s.cache_hits;
         total.cache_lookups += s.cache_lookups;
         total.cache_entries += s.cache_entries;
+        total.authz_waits[0] += s.authz_waits[0];
+        total.authz_waits[1] += s.authz_waits[1];
         total.pool_waits += s.pool_waits;
         total.bytes_in += s.bytes_in;
         total.bytes_out += s.bytes_out;
@@ -301,6 +316,19 @@ pub fn render(snaps: &[Snapshot], live_children: usize) -> String {
         "ringgate_authz_checks_total{{outcome=\"cached\"}} {}",
         total.cache_hits
     );
+    head(
+        &mut o,
+        "ringgate_authz_waits_total",
+        "counter",
+        "Authorization calls that found every connection busy; refused: got none in time (failed closed).",
+    );
+    for (i, name) in ["waited", "refused"].iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "ringgate_authz_waits_total{{outcome=\"{name}\"}} {}",
+            total.authz_waits[i]
+        );
+    }
     histogram(
         &mut o,
         "ringgate_whois_duration_seconds",
@@ -369,7 +397,7 @@ pub fn render(snaps: &[Snapshot], live_children: usize) -> String {
         &mut o,
         "ringgate_child_exits_total",
         "counter",
-        "Child exits by cause.",
+        "Child exits by cause: exited (on its own, with a code), signaled (by a signal ringgate did not send), stdin_closed, terminated, killed (stopped by ringgate: stdin EOF, then SIGTERM, then SIGKILL to its group), dropped (killed when its handle was dropped).",
     );
     for (cause, n) in &exits {
         let _ = writeln!(o, "ringgate_child_exits_total{{cause=\"{cause}\"}} {n}");
@@ -445,6 +473,9 @@ mod tests {
         a.authz(AuthzOutcome::Allowed, false);
         b.authz(AuthzOutcome::Allowed, true);
         b.authz(AuthzOutcome::Error, false);
+        a.authz_wait(false);
+        b.authz_wait(false);
+        b.authz_wait(true);
         let text = render(&[a.snapshot(0), b.snapshot(1)], 3);
         for line in [
             "ringgate_requests_total{route=\"app\",status=\"200\"} 3",
@@ -456,6 +487,8 @@ mod tests {
             "ringgate_authz_checks_total{outcome=\"allowed\"} 2",
             "ringgate_authz_checks_total{outcome=\"error\"} 1",
             "ringgate_authz_checks_total{outcome=\"cached\"} 1",
+            "ringgate_authz_waits_total{outcome=\"waited\"} 2",
+            "ringgate_authz_waits_total{outcome=\"refused\"} 1",
             "ringgate_children_live 3",
             "ringgate_workers 2",
         ] {

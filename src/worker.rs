@@ -43,35 +43,84 @@ pub struct Bound {
 }
 
 /// Binds every listener for every worker before any worker starts, so a bind
-/// failure leaves nothing bound. Port 0 takes a free port for the first
-/// socket and the rest join it.
+/// failure leaves nothing bound.
+///
+/// Each bind is first claimed by a probe socket without `SO_REUSEPORT`
+/// (see [`claim`]): the kernel refuses it while any other process listens on
+/// the address, even one that set `SO_REUSEPORT` itself, so a second
+/// ringgate on a port fails to start instead of silently sharing the traffic
+/// with the first. Port 0 takes its free port through the probe; the
+/// workers' `SO_REUSEPORT` sockets then join that port.
 pub fn bind_all(config: &Config, threads: usize) -> io::Result<Bound> {
     let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..threads).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
-    for b in &config.binds {
-        let mut addr = match b.address {
+    for (i, b) in config.binds.iter().enumerate() {
+        let wanted = match b.address {
             Some(ip) => SocketAddr::new(ip, b.port),
             None => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), b.port),
         };
-        for (w, per_worker) in sockets.iter_mut().enumerate() {
-            let l = match bind_one(addr) {
-                Ok(l) => l,
-                // A host without IPv6 still gets the default bind on IPv4.
-                Err(e) if b.address.is_none() && w == 0 && addr.is_ipv6() => {
-                    warn!(error = %e, "IPv6 unavailable; binding 0.0.0.0 instead of [::]");
-                    addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), b.port);
-                    bind_one(addr)?
-                }
-                Err(e) => return Err(io::Error::new(e.kind(), format!("bind {addr}: {e}"))),
-            };
-            if w == 0 {
-                addr = l.local_addr()?;
+        let probe = match claim(wanted) {
+            Ok(p) => p,
+            // A host without IPv6 still gets the default bind on IPv4; only
+            // the errors that mean "no IPv6 here" fall back.
+            Err(e) if b.address.is_none() && no_ipv6(&e) => {
+                warn!(error = %e, "IPv6 unavailable; binding 0.0.0.0 instead of [::]");
+                let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), b.port);
+                claim(v4).map_err(|e| bind_error(i, v4, e))?
             }
+            Err(e) => return Err(bind_error(i, wanted, e)),
+        };
+        // The probe stays bound (not listening) until every worker's socket
+        // is, so nobody takes the port in between.
+        let addr = probe
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other(format!("binds[{i}]: the bound address is not IP")))?;
+        for per_worker in sockets.iter_mut() {
+            let l = bind_one(addr).map_err(|e| bind_error(i, addr, e))?;
             per_worker.push(l);
         }
+        drop(probe);
         addrs.push(addr);
     }
     Ok(Bound { sockets, addrs })
+}
+
+/// Binds `addr` with a socket that does not set `SO_REUSEPORT` and does not
+/// listen: `EADDRINUSE` if another process listens there. `SO_REUSEADDR` is
+/// set, so connections of an earlier run still in TIME_WAIT do not count,
+/// and so the workers' sockets (which set it too) can bind beside it.
+fn claim(addr: SocketAddr) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // Dual-stack, like the listeners: an IPv4 holder of the port counts.
+        s.set_only_v6(false)?;
+    }
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+/// Errors that mean this host has no IPv6 (module not loaded, disabled).
+fn no_ipv6(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
+    )
+}
+
+/// Names the bind by its YAML path, and says plainly when the port is taken.
+fn bind_error(i: usize, addr: SocketAddr, e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(libc::EADDRINUSE) {
+        return io::Error::new(
+            e.kind(),
+            format!(
+                "binds[{i}].port: {addr} is already in use by another process \
+                 (is another ringgate running? two never share a port)"
+            ),
+        );
+    }
+    io::Error::new(e.kind(), format!("binds[{i}]: bind {addr}: {e}"))
 }
 
 fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -240,6 +289,13 @@ async fn worker_main(
         listeners.push(Rc::new(TcpListener::from_std(s)?));
     }
     info!(worker = id.0, driver, "worker started");
+    // Test hook for the exit-on-panic path (debug builds only).
+    if cfg!(debug_assertions)
+        && id.0 == 1
+        && std::env::var_os("RINGGATE_TEST_PANIC_WORKER").is_some()
+    {
+        panic!("RINGGATE_TEST_PANIC_WORKER is set: worker 1 panics on purpose");
+    }
     for (bind, l) in listeners.iter().enumerate() {
         monoio::spawn(accept_loop(l.clone(), bind, worker.clone()));
     }

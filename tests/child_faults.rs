@@ -161,7 +161,24 @@ fn a_child_crashing_mid_call_fails_the_call_and_ends_its_session() {
     let r = call(&p, ALICE, "/fault", &sid, 6, "ok", json!({}));
     assert_eq!(r.status, 404, "the session ended with its child");
     assert_recovered(&mut p, &base, pid, "crash");
+    // Counted as an exit of its own, with its code (os._exit(3)); the other
+    // exits so far are server-everything sessions ringgate stopped.
+    assert!(
+        wait_until(WAIT, || exits(&p, "exited") == 1),
+        "{}",
+        admin_get(p.stats.unwrap(), "/metrics").1
+    );
+    assert_eq!(exits(&p, "signaled"), 0);
     stop(p);
+}
+
+/// `ringgate_child_exits_total` for `cause`, from `/metrics`.
+fn exits(p: &Proxy, cause: &str) -> u64 {
+    let (_, text) = admin_get(p.stats.expect("stats listener"), "/metrics");
+    let key = format!("ringgate_child_exits_total{{cause=\"{cause}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map_or(0, |n| n.parse().unwrap())
 }
 
 /// A call on its own connection that may wait past `WAIT` (up to the
@@ -436,4 +453,40 @@ fn children_inherit_no_descriptor_but_their_stdio() {
     drop(held);
     assert_eq!(delete(&p, ALICE, "/fault", &sid).status, 200);
     stop(p);
+}
+
+/// Running or stopped, as opposed to gone or a zombie (killed, waiting for
+/// whoever adopted it to reap it).
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .unwrap_or("?");
+    !matches!(state, "Z" | "X")
+}
+
+/// A SIGKILLed ringgate cannot stop its children, so the kernel does: no
+/// child outlives it, not even one that ignores stdin EOF and SIGTERM.
+#[test]
+fn no_child_outlives_a_killed_ringgate() {
+    let mut p = start("ignore-term", "");
+    let sid = initialize(&p, ALICE, "/fault");
+    let pid = session_pid(&p, &sid);
+    let r = call(&p, ALICE, "/fault", &sid, 5, "ok", json!({"message":"x"}));
+    assert_eq!(answer_text(&r, 5).as_deref(), Some("ok:x"));
+    // The session's child and the idle ones of both pools.
+    assert!(wait_until(WAIT, || live_children(&p) == 3));
+    let kids: Vec<u32> = children_of(p.pid()).iter().map(|(c, _)| *c).collect();
+    assert!(kids.contains(&pid), "{kids:?}");
+    p.signal(libc::SIGKILL);
+    p.wait_exit(WAIT).expect("ringgate killed");
+    for k in kids {
+        assert!(
+            wait_until(WAIT, || !alive(k)),
+            "child {k} outlived the killed ringgate"
+        );
+    }
 }

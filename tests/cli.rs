@@ -87,15 +87,74 @@ fn a_bad_config_binds_nothing_and_lists_every_error() {
     }
 }
 
+/// Runs ringgate and waits (bounded) for it to exit: one that starts
+/// serving instead of failing is killed and reported.
+fn ringgate_must_fail(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        .args(args)
+        .args(["--stats-addr", "off", "--readiness-addr", "off"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ringgate");
+    let exited = wait_until(WAIT, || child.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(exited, "ringgate started instead of failing: {err}");
+    (out.status, err)
+}
+
+/// A port another program listens on: the error names the bind's YAML
+/// path, and the default `[::]` bind does not mistake it for a host
+/// without IPv6.
 #[test]
 fn a_port_in_use_is_a_clear_start_up_error() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
+    for (yaml, shown) in [
+        (HELLO.to_string(), format!("127.0.0.1:{port}")),
+        (
+            HELLO.replace("  address: 127.0.0.1\n", ""),
+            format!("[::]:{port}"),
+        ),
+    ] {
+        let path = write_config(&dir, &yaml.replace("port: 0", &format!("port: {port}")));
+        let (status, err) = ringgate_must_fail(&["-f", &path]);
+        assert!(!status.success());
+        assert!(
+            err.contains(&format!(
+                "binds[0].port: {shown} is already in use by another process"
+            )),
+            "{err}"
+        );
+        assert!(!err.contains("IPv6 unavailable"), "{err}");
+    }
+}
+
+/// Two ringgates never share a port (SO_REUSEPORT would let the kernel
+/// split connections between them): the second one fails to start.
+#[test]
+fn a_second_ringgate_on_the_same_port_fails_to_start() {
+    let first = Proxy::start(HELLO, &["--threads", "2"]);
+    let port = first.addr().port();
+    let dir = tempfile::tempdir().unwrap();
     let path = write_config(&dir, &HELLO.replace("port: 0", &format!("port: {port}")));
-    let out = ringgate(&["-f", &path]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("bind 127.0.0.1:{port}")));
+    let (status, err) = ringgate_must_fail(&["-f", &path, "--threads", "2"]);
+    assert!(!status.success());
+    assert!(
+        err.contains(&format!(
+            "binds[0].port: 127.0.0.1:{port} is already in use by another process"
+        )),
+        "{err}"
+    );
+    // The first one still serves every connection.
+    let seen = workers_seen(&first, 8);
+    assert!(!seen.is_empty());
 }
 
 #[test]
@@ -159,4 +218,41 @@ fn auto_driver_says_which_it_chose() {
     let line = p.wait_log(|l| l.contains("worker started")).unwrap();
     let driver = field(&line, "driver").unwrap();
     assert!(driver == "io_uring" || driver == "epoll", "{line}");
+}
+
+/// A worker that panics ends the process at once (exit 70) with the panic in
+/// the log, instead of leaving it serving with one worker fewer. The panic
+/// is triggered by a test-only variable that debug builds alone read.
+#[test]
+fn a_panicking_worker_ends_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, HELLO);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        .args(["-f", &path, "--threads", "2"])
+        .args(["--stats-addr", "off", "--readiness-addr", "off"])
+        .env("RUST_LOG", "info")
+        .env("RINGGATE_TEST_PANIC_WORKER", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ringgate");
+    let exited = wait_until(WAIT, || child.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(exited, "ringgate served on after a worker panicked: {err}");
+    assert_eq!(out.status.code(), Some(70), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("thread panicked; exiting"))
+        .unwrap_or_else(|| panic!("panic not logged: {err}"));
+    assert_eq!(
+        field(line, "thread").as_deref(),
+        Some("ringgate-w1"),
+        "{line}"
+    );
+    assert!(line.contains("worker 1 panics on purpose"), "{line}");
 }

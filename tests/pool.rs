@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 mod drivers;
 
 use ringgate::pool::{
-    reap_orphans, Child, ChildError, ChildSpec, ExitCause, LiveSlot, Pool, PoolConfig, PoolError,
-    SpawnOptions, STDERR_BURST_LINES, STDERR_LINES_PER_SEC,
+    reap_orphans, Child, ChildError, ChildSpec, ExitCause, ExitCounts, LiveSlot, Pool, PoolConfig,
+    PoolError, SpawnOptions, STDERR_BURST_LINES, STDERR_LINES_PER_SEC,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -119,7 +119,7 @@ const GRACE: Duration = Duration::from_millis(200);
 #[test]
 fn cat_round_trip() {
     both(|_| async {
-        let mut c = Child::spawn(&cat(), opts(1 << 20)).unwrap();
+        let mut c = Child::spawn(&cat(), opts(1 << 20)).await.unwrap();
         let pid = c.pid();
         let lines: Vec<String> = (0..1000)
             .map(|i| match i % 3 {
@@ -143,7 +143,7 @@ fn cat_round_trip() {
 #[test]
 fn concurrent_sends_do_not_interleave() {
     both(|_| async {
-        let c = Child::spawn(&cat(), opts(1 << 20)).unwrap();
+        let c = Child::spawn(&cat(), opts(1 << 20)).await.unwrap();
         let (handle, writer, mut reader) = c.into_parts();
         const SENDERS: u8 = 8;
         const LINES: usize = 40;
@@ -182,7 +182,9 @@ fn concurrent_sends_do_not_interleave() {
 #[test]
 fn newline_refused_and_send_after_exit_fails() {
     both(|_| async {
-        let mut c = Child::spawn(&sh("read x; echo got $x"), opts(1024)).unwrap();
+        let mut c = Child::spawn(&sh("read x; echo got $x"), opts(1024))
+            .await
+            .unwrap();
         let e = c.send(b"a\nb").await.unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
         c.send(b"one").await.unwrap();
@@ -201,7 +203,7 @@ fn over_long_line_refused_at_the_limit() {
     both(|_| async {
         // 1000 bytes pass, 1001 do not, and the reader ends there.
         let script = r#"printf '%01000d\n%01000d\r\n%01001d\nafter\n' 0 0 0"#;
-        let mut c = Child::spawn(&sh(script), opts(1000)).unwrap();
+        let mut c = Child::spawn(&sh(script), opts(1000)).await.unwrap();
         assert_eq!(line(&mut c).await.len(), 1000);
         assert_eq!(line(&mut c).await.len(), 1000);
         assert!(matches!(
@@ -212,7 +214,9 @@ fn over_long_line_refused_at_the_limit() {
         c.stop(GRACE).await;
 
         // An endless line: refused after about the limit, not buffered forever.
-        let mut c = Child::spawn(&sh("yes | tr -d '\\n'"), opts(1 << 20)).unwrap();
+        let mut c = Child::spawn(&sh("yes | tr -d '\\n'"), opts(1 << 20))
+            .await
+            .unwrap();
         assert!(matches!(
             c.next_line().await,
             Some(Err(ChildError::LineTooLong { .. }))
@@ -226,7 +230,9 @@ fn over_long_line_refused_at_the_limit() {
 #[test]
 fn garbage_lines_pass_through_as_bytes() {
     both(|_| async {
-        let mut c = Child::spawn(&sh(r"printf 'not json\r\n\000\377\n\n'"), opts(1024)).unwrap();
+        let mut c = Child::spawn(&sh(r"printf 'not json\r\n\000\377\n\n'"), opts(1024))
+            .await
+            .unwrap();
         assert_eq!(c.next_line().await.unwrap().unwrap(), b"not json");
         assert_eq!(c.next_line().await.unwrap().unwrap(), b"\x00\xff");
         assert_eq!(c.next_line().await.unwrap().unwrap(), b"");
@@ -270,8 +276,9 @@ fn stderr_is_logged_with_session_and_pid() {
     let cap = Capture::default();
     with_capture(&cap, || {
         both(|_| async {
-            let mut c =
-                Child::spawn(&sh("read x; echo \"err $x\" >&2; echo ok"), opts(1024)).unwrap();
+            let mut c = Child::spawn(&sh("read x; echo \"err $x\" >&2; echo ok"), opts(1024))
+                .await
+                .unwrap();
             c.handle().set_session("sess-42");
             c.send(b"go").await.unwrap();
             assert_eq!(line(&mut c).await, "ok");
@@ -304,7 +311,7 @@ fn stderr_flood_is_rate_limited_and_counted() {
             let script =
                 format!("i=0; while [ $i -lt {N} ]; do echo \"flood $i\" >&2; i=$((i+1)); done");
             let start = Instant::now();
-            let c = Child::spawn(&sh(&script), opts(1024)).unwrap();
+            let c = Child::spawn(&sh(&script), opts(1024)).await.unwrap();
             let h = c.handle().clone();
             eventually("stderr EOF", Duration::from_secs(20), || {
                 h.stderr_stats().closed
@@ -354,11 +361,56 @@ fn stderr_flood_is_rate_limited_and_counted() {
     );
 }
 
+/// Exits are counted by what ended the child, whatever order the exit and
+/// `stop` come in.
+#[test]
+fn exits_are_counted_by_their_real_cause() {
+    both(|_| async {
+        let counts = Rc::new(ExitCounts::default());
+        let counted = |o: SpawnOptions| SpawnOptions {
+            exits: Some(counts.clone()),
+            ..o
+        };
+        // Closes its stdio and exits by itself a moment later. A session
+        // calls stop on EOF, before the exit: closing stdin did not end it.
+        let script = "exec <&- >&-; sleep 0.2; exit 3";
+        let mut c = Child::spawn(&sh(script), counted(opts(1024)))
+            .await
+            .unwrap();
+        assert!(c.next_line().await.is_none());
+        let status = c.stop(Duration::from_secs(5)).await;
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(c.handle().exit_cause(), Some(ExitCause::Exited));
+        // A signal ringgate did not send.
+        let c = Child::spawn(&sh("kill -USR1 $$"), counted(opts(1024)))
+            .await
+            .unwrap();
+        assert_eq!(c.handle().wait_exit().await.signal(), Some(libc::SIGUSR1));
+        assert_eq!(c.handle().exit_cause(), Some(ExitCause::Signaled));
+        // Ends because its stdin closed.
+        let c = Child::spawn(&cat(), counted(opts(1024))).await.unwrap();
+        assert!(c.stop(GRACE).await.success());
+        assert_eq!(c.handle().exit_cause(), Some(ExitCause::StdinClosed));
+        let got: Vec<u64> = [
+            ExitCause::Exited,
+            ExitCause::Signaled,
+            ExitCause::StdinClosed,
+            ExitCause::Terminated,
+            ExitCause::Killed,
+            ExitCause::Dropped,
+        ]
+        .iter()
+        .map(|c| counts.get(*c))
+        .collect();
+        assert_eq!(got, [1, 1, 1, 0, 0, 0]);
+    });
+}
+
 #[test]
 fn stop_kills_a_term_ignoring_child_within_two_graces() {
     both(|_| async {
         let script = "trap '' TERM; echo ready; while :; do sleep 1; done";
-        let mut c = Child::spawn(&sh(script), opts(1024)).unwrap();
+        let mut c = Child::spawn(&sh(script), opts(1024)).await.unwrap();
         assert_eq!(line(&mut c).await, "ready");
         let pid = c.pid();
         let start = Instant::now();
@@ -375,7 +427,9 @@ fn stop_kills_a_term_ignoring_child_within_two_graces() {
 #[test]
 fn stop_ends_a_send_blocked_on_a_child_that_does_not_read() {
     both(|_| async {
-        let mut c = Child::spawn(&sh("echo ready; exec sleep 1000"), opts(1024)).unwrap();
+        let mut c = Child::spawn(&sh("echo ready; exec sleep 1000"), opts(1024))
+            .await
+            .unwrap();
         assert_eq!(line(&mut c).await, "ready");
         let w = c.writer().clone();
         // Far more than the socket buffers hold: the send waits for a reader.
@@ -396,7 +450,9 @@ fn stop_ends_a_send_blocked_on_a_child_that_does_not_read() {
 #[test]
 fn grandchild_is_gone_after_stop() {
     both(|_| async {
-        let mut c = Child::spawn(&sh("sleep 1000 & echo $!; wait"), opts(1024)).unwrap();
+        let mut c = Child::spawn(&sh("sleep 1000 & echo $!; wait"), opts(1024))
+            .await
+            .unwrap();
         let grandchild: u32 = line(&mut c).await.parse().unwrap();
         let pid = c.pid();
         assert!(!is_dead(grandchild));
@@ -414,7 +470,9 @@ fn grandchild_is_gone_after_stop() {
 fn leader_exit_takes_the_group_down() {
     both(|_| async {
         // The leader exits at once; its background sleep holds stdout open.
-        let mut c = Child::spawn(&sh("sleep 1000 & echo $!"), opts(1024)).unwrap();
+        let mut c = Child::spawn(&sh("sleep 1000 & echo $!"), opts(1024))
+            .await
+            .unwrap();
         let grandchild: u32 = line(&mut c).await.parse().unwrap();
         let status = c.handle().wait_exit().await;
         assert!(status.success());
@@ -433,7 +491,7 @@ fn no_fds_leak_over_many_children() {
     both(|driver| async move {
         let before = fd_count();
         for _ in 0..20 {
-            let mut c = Child::spawn(&cat(), opts(1024)).unwrap();
+            let mut c = Child::spawn(&cat(), opts(1024)).await.unwrap();
             c.send(b"ping").await.unwrap();
             assert_eq!(line(&mut c).await, "ping");
             let pid = c.pid();
@@ -456,7 +514,9 @@ fn dropped_child_is_killed_and_reaped() {
         let live = Arc::new(AtomicUsize::new(0));
         let mut o = opts(1024);
         o.live = LiveSlot::try_acquire(&live, 1);
-        let c = Child::spawn(&sh("echo up; sleep 1000 & wait"), o).unwrap();
+        let c = Child::spawn(&sh("echo up; sleep 1000 & wait"), o)
+            .await
+            .unwrap();
         let pid = c.pid();
         assert_eq!(live.load(std::sync::atomic::Ordering::SeqCst), 1);
         drop(c);
@@ -488,7 +548,7 @@ fn pool_keeps_min_idle_and_gives_live_count_back() {
         pool.start();
         eventually("2 idle", Duration::from_secs(2), || pool.idle() == 2).await;
         assert_eq!(pool.live(), 2);
-        let mut c = pool.take().unwrap();
+        let mut c = pool.take().await.unwrap();
         eventually("refilled", Duration::from_secs(2), || pool.idle() == 2).await;
         assert_eq!(pool.live(), 3);
         c.send(b"hello").await.unwrap();
@@ -504,7 +564,7 @@ fn pool_keeps_min_idle_and_gives_live_count_back() {
             (3, 1, 3, 0),
             "{s:?}"
         );
-        assert!(matches!(pool.take(), Err(PoolError::ShutDown)));
+        assert!(matches!(pool.take().await, Err(PoolError::ShutDown)));
     });
 }
 
@@ -515,15 +575,15 @@ fn take_beyond_max_live_is_exhausted_across_pools() {
         let live = Arc::new(AtomicUsize::new(0));
         let a = Pool::new(cat(), pool_cfg(0, 2), live.clone(), "a".into());
         let b = Pool::new(cat(), pool_cfg(0, 2), live.clone(), "b".into());
-        let c1 = a.take().unwrap();
-        let c2 = b.take().unwrap();
+        let c1 = a.take().await.unwrap();
+        let c2 = b.take().await.unwrap();
         assert!(matches!(
-            a.take(),
+            a.take().await,
             Err(PoolError::Exhausted { max_live: 2 })
         ));
-        assert!(matches!(b.take(), Err(PoolError::Exhausted { .. })));
+        assert!(matches!(b.take().await, Err(PoolError::Exhausted { .. })));
         c1.stop(GRACE).await;
-        let c3 = b.take().unwrap();
+        let c3 = b.take().await.unwrap();
         c2.stop(GRACE).await;
         c3.stop(GRACE).await;
         assert_eq!(a.live(), 0);
@@ -547,7 +607,7 @@ fn missing_command_backs_off() {
         let n = pool.stats().spawn_failures;
         assert!((4..=8).contains(&n), "{n} attempts");
         assert!(matches!(
-            pool.take(),
+            pool.take().await,
             Err(PoolError::Backoff { .. } | PoolError::Spawn(_))
         ));
         assert_eq!(pool.live(), 0);
@@ -592,11 +652,13 @@ fn take_skips_an_idle_child_that_died() {
             .unwrap();
         std::fs::remove_file(&dir).unwrap();
         unsafe { libc::kill(victim, libc::SIGKILL) };
-        eventually("victim exited", Duration::from_secs(2), || {
-            proc_state(victim as u32).is_none_or(|(s, _)| s == 'Z')
+        // Reaped by the process thread as soon as it exits, before anyone
+        // asks about it: the pidfd woke it.
+        eventually("victim reaped", Duration::from_secs(2), || {
+            proc_state(victim as u32).is_none()
         })
         .await;
-        let mut c = pool.take().unwrap();
+        let mut c = pool.take().await.unwrap();
         assert_ne!(c.pid() as i32, victim);
         c.send(b"alive").await.unwrap();
         assert_eq!(line(&mut c).await, "alive");
@@ -636,7 +698,7 @@ fn warm_vs_cold_node() {
             eventually("idle node", Duration::from_secs(10), || pool.idle() == 1).await;
             monoio::time::sleep(Duration::from_millis(400)).await;
             let t = Instant::now();
-            let mut c = pool.take().unwrap();
+            let mut c = pool.take().await.unwrap();
             warm_take.push(t.elapsed());
             c.send(b"{}").await.unwrap();
             assert_eq!(line(&mut c).await, "{}");
@@ -647,7 +709,7 @@ fn warm_vs_cold_node() {
             eventually("idle node", Duration::from_secs(10), || pool.idle() == 1).await;
             monoio::time::sleep(Duration::from_millis(400)).await;
             let t = Instant::now();
-            let mut c = Child::spawn(&spec, opts(1 << 20)).unwrap();
+            let mut c = Child::spawn(&spec, opts(1 << 20)).await.unwrap();
             c.send(b"{}").await.unwrap();
             assert_eq!(line(&mut c).await, "{}");
             cold.push(t.elapsed());

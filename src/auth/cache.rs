@@ -94,24 +94,32 @@ impl<T: Clone> Leader<T> {
     /// Hands `value` to every waiter, and stores it until `now + ttl` when a
     /// ttl is given (errors are passed on but never stored).
     pub fn finish(mut self, value: T, ttl: Option<Duration>, now: Instant) {
-        if let Some(ttl) = ttl {
+        let key = self.complete(Some(value.clone()));
+        if let (Some(ttl), Some(key)) = (ttl, key) {
             if let Some(lru) = self.cache.lru.borrow_mut().as_mut() {
-                lru.put(std::mem::take(&mut self.key), (now + ttl, value.clone()));
+                lru.put(key, (now + ttl, value));
             }
         }
-        self.complete(Some(value));
     }
 
-    fn complete(&mut self, value: Option<T>) {
+    /// Ends the flight: takes it out of the in-flight map by its key (O(1),
+    /// whatever the number of other flights), then wakes its waiters. Gives
+    /// back the map's copy of the key, for the LRU.
+    fn complete(&mut self, value: Option<T>) -> Option<String> {
         self.done = true;
         let mut inflight = self.cache.inflight.borrow_mut();
-        // The key may have been moved into the LRU; find the flight by identity.
-        inflight.retain(|_, f| !Rc::ptr_eq(f, &self.flight));
+        // A key has one flight at a time, so the entry is ours; the identity
+        // check only guards that invariant.
+        let key = match inflight.get(self.key.as_str()) {
+            Some(f) if Rc::ptr_eq(f, &self.flight) => inflight.remove_entry(self.key.as_str()),
+            _ => None,
+        };
         drop(inflight);
         *self.flight.result.borrow_mut() = Some(value);
         for w in self.flight.waiters.borrow_mut().drain(..) {
             w.wake();
         }
+        key.map(|(k, _)| k)
     }
 }
 
@@ -212,6 +220,22 @@ mod tests {
         drop(l);
         assert_eq!(block_on(w), None);
         lead(&c, "k", t0);
+    }
+
+    /// Completing one flight touches only its own key: the others stay in
+    /// flight, and its answer is stored under its key.
+    #[test]
+    fn finishing_one_flight_leaves_the_others() {
+        let c = Rc::new(Cache::new(10));
+        let t0 = Instant::now();
+        let (a, b, cl) = (lead(&c, "a", t0), lead(&c, "b", t0), lead(&c, "c", t0));
+        b.finish(2, Some(Duration::from_secs(1)), t0);
+        assert!(matches!(c.lookup("b", t0), Lookup::Hit(2)));
+        assert!(matches!(c.lookup("a", t0), Lookup::Wait(_)));
+        assert!(matches!(c.lookup("c", t0), Lookup::Wait(_)));
+        assert_eq!(c.inflight.borrow().len(), 2);
+        drop((a, cl));
+        assert!(c.inflight.borrow().is_empty());
     }
 
     fn block_on<F: Future>(f: F) -> F::Output {

@@ -58,7 +58,14 @@ const METADATA_VARS: &[&str] = &["source", "request", "response"];
 pub fn ext_authz(node: Node, errs: &mut ConfigErrors) -> Option<ExtAuthz> {
     let m = node.map(
         errs,
-        &["host", "protocol", "failureMode", "timeout", "cache"],
+        &[
+            "host",
+            "protocol",
+            "failureMode",
+            "timeout",
+            "cache",
+            "connections",
+        ],
     )?;
     let before = errs.0.len();
     let host = match m.require(errs, "host") {
@@ -117,6 +124,10 @@ pub fn ext_authz(node: Node, errs: &mut ConfigErrors) -> Option<ExtAuthz> {
     if let Some((v, p)) = m.get("cache") {
         cache(Node::new(v, &p), &mut cache_cfg, errs);
     }
+    let mut connections = AuthzConnections::default();
+    if let Some((v, p)) = m.get("connections") {
+        authz_connections(Node::new(v, &p), &mut connections, errs);
+    }
     let (path, add_request_headers, metadata) = http?;
     if errs.0.len() > before {
         return None;
@@ -136,6 +147,7 @@ pub fn ext_authz(node: Node, errs: &mut ConfigErrors) -> Option<ExtAuthz> {
         failure_mode,
         timeout,
         cache: cache_cfg,
+        connections,
     })
 }
 
@@ -202,6 +214,23 @@ fn cache(node: Node, c: &mut AuthzCache, errs: &mut ConfigErrors) {
     if let Some((v, p)) = m.get("maxEntries") {
         if let Some(n) = Node::new(v, &p).uint(errs, 0, 10_000_000) {
             c.max_entries = n as usize;
+        }
+    }
+}
+
+/// ringgate extension: `connections: {max, maxWaiting}`.
+fn authz_connections(node: Node, c: &mut AuthzConnections, errs: &mut ConfigErrors) {
+    let Some(m) = node.map(errs, &["max", "maxWaiting"]) else {
+        return;
+    };
+    if let Some((v, p)) = m.get("max") {
+        if let Some(n) = Node::new(v, &p).uint(errs, 1, 100_000) {
+            c.max = n as usize;
+        }
+    }
+    if let Some((v, p)) = m.get("maxWaiting") {
+        if let Some(n) = Node::new(v, &p).uint(errs, 0, 10_000_000) {
+            c.max_waiting = n as usize;
         }
     }
 }

@@ -269,6 +269,39 @@ fn ext_authz_options() {
     assert_eq!(a.cache.negative_ttl, Duration::from_secs(2));
     assert_eq!(a.cache.max_entries, 7);
     assert_eq!(a.cache.key.as_ref().unwrap().source(), "source.address");
+    assert_eq!(a.connections, AuthzConnections::default());
+    let limited = SEED.replace(
+        "          protocol:",
+        "          connections: {max: 4, maxWaiting: 0}\n          protocol:",
+    );
+    let cfg = Config::from_yaml(&limited).unwrap();
+    let a = cfg.binds[0].listeners[0].routes[0]
+        .policies
+        .ext_authz
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        a.connections,
+        AuthzConnections {
+            max: 4,
+            max_waiting: 0
+        }
+    );
+    let none = SEED.replace(
+        "          protocol:",
+        "          connections: {max: 0, maxIdle: 1}\n          protocol:",
+    );
+    let errs = errors(&none);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("extAuthz.connections.max: ")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("extAuthz.connections.maxIdle: unknown key")),
+        "{errs:#?}"
+    );
     let bad = SEED.replace(
         "          protocol:",
         "          failureMode: maybe\n          protocol:",

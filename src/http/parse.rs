@@ -8,8 +8,8 @@
 
 use std::ops::Range;
 
-use crate::config::{Limits, MAX_HEADERS_CAP};
 use crate::http::chunked::{is_tchar, ChunkedDecoder};
+use crate::http::limits::{Limits, MAX_HEADERS_CAP};
 use crate::http::HttpError;
 
 /// How the request body is delimited.

@@ -6,8 +6,20 @@
 //! refused (403) before anything else happens, as the MCP transport spec asks
 //! of servers to defeat DNS rebinding.
 
-use crate::config::Cors;
+use std::time::Duration;
+
 use crate::http::response::Response;
+
+/// `policies.cors` of a route, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct Cors {
+    pub allow_origins: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub allow_methods: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub allow_credentials: bool,
+    pub max_age: Option<Duration>,
+}
 
 /// What the CORS stage decided for one request.
 pub enum Verdict {

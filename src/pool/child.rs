@@ -11,16 +11,18 @@
 //! (cloneable; concurrent sends are serialised whole lines), a [`ChildReader`]
 //! (one owner) and a [`ChildHandle`] (cloneable; pid, exit, stop).
 //!
-//! Every path reaps: [`ChildHandle::stop`] escalates stdin EOF -> SIGTERM ->
-//! SIGKILL and reaps; a handle dropped while the child lives SIGKILLs the
-//! group and parks the child in the process-wide orphan list
-//! ([`super::reap_orphans`]), which every pool's refill task polls.
+//! Forking and reaping happen on the process thread (`reaper.rs`), never on
+//! a worker: [`Child::spawn`] awaits the thread's answer, and the exit is
+//! learnt from it as soon as the child is reaped (a pidfd there), never by
+//! polling. [`ChildHandle::stop`] escalates stdin EOF -> SIGTERM -> SIGKILL
+//! and waits for the reap; a handle dropped while the child lives SIGKILLs
+//! the group and leaves the reap to the thread ([`super::reap_orphans`]
+//! counts those).
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, ExitStatus, Stdio};
+use std::os::fd::AsRawFd;
+use std::process::ExitStatus;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -28,13 +30,10 @@ use monoio::io::{OwnedReadHalf, Splitable};
 use monoio::net::UnixStream;
 
 use super::reader::{LineReader, Next};
-use super::reaper::{self, LiveSlot};
+use super::reaper::{self, ExitWatch, LiveSlot};
 use super::stderr::{self, StderrCtx, StderrStats};
 pub use super::writer::ChildWriter;
 
-/// First and longest pause between exit checks while waiting for a child.
-const EXIT_POLL_FIRST_MS: u64 = 1;
-const EXIT_POLL_MAX_MS: u64 = 50;
 /// Session shown in stderr logs before the child is handed to a session.
 const NO_SESSION: &str = "-";
 
@@ -57,8 +56,11 @@ pub enum ChildError {
 /// How a child ended, as far as we can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitCause {
-    /// On its own, before anyone asked it to stop.
+    /// On its own, with an exit code: before anyone asked it to stop, or
+    /// after it had closed its stdout (it was ending anyway).
     Exited,
+    /// Killed by a signal ringgate did not send (a crash, someone's kill).
+    Signaled,
     /// After `stop` closed its stdin, within the grace period.
     StdinClosed,
     /// After `stop` sent SIGTERM to its group.
@@ -72,7 +74,7 @@ pub enum ExitCause {
 /// Exit counts by cause, shared by the children of one pool (one worker).
 #[derive(Debug, Default)]
 pub struct ExitCounts {
-    counts: [Cell<u64>; 5],
+    counts: [Cell<u64>; 6],
 }
 
 impl ExitCounts {
@@ -83,6 +85,7 @@ impl ExitCounts {
             ExitCause::Terminated => 2,
             ExitCause::Killed => 3,
             ExitCause::Dropped => 4,
+            ExitCause::Signaled => 5,
         }
     }
     pub fn get(&self, c: ExitCause) -> u64 {
@@ -115,40 +118,18 @@ pub struct Child {
 }
 
 impl Child {
-    /// Spawns `spec`. Must run on a monoio runtime (the stderr task is
-    /// spawned on it; the sockets register with its driver).
-    pub fn spawn(spec: &ChildSpec, opts: SpawnOptions) -> io::Result<Child> {
-        reaper::reap_orphans();
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        let (err_ours, err_theirs) = std::os::unix::net::UnixStream::pair()?;
-        let theirs_out = theirs.try_clone()?;
-        let mut cmd = Command::new(&spec.cmd);
-        cmd.args(&spec.args)
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::from(OwnedFd::from(theirs_out)))
-            .stderr(Stdio::from(OwnedFd::from(err_theirs)))
-            .process_group(0);
-        reaper::inherit_only_stdio(&mut cmd);
-        let spawned = cmd.spawn();
-        // Our copies of the child's ends must close now, or we would never
-        // see EOF when the child exits.
-        drop(cmd);
-        let mut proc = spawned?;
-        let pid = proc.id();
-        let wired = (|| {
-            // monoio's epoll driver expects non-blocking fds; io_uring is
-            // fine with them too.
-            ours.set_nonblocking(true)?;
-            err_ours.set_nonblocking(true)?;
-            Ok::<_, io::Error>((UnixStream::from_std(ours)?, UnixStream::from_std(err_ours)?))
-        })();
+    /// Spawns `spec` on the process thread and waits for it. Must run on a
+    /// monoio runtime (the stderr task is spawned on it; the sockets
+    /// register with its driver).
+    pub async fn spawn(spec: &ChildSpec, opts: SpawnOptions) -> io::Result<Child> {
+        let spawned = reaper::spawn(spec.clone(), opts.live).await?;
+        let pid = spawned.pid;
+        let wired = UnixStream::from_std(spawned.stdio)
+            .and_then(|s| Ok((s, UnixStream::from_std(spawned.stderr)?)));
         let (stream, err_stream) = match wired {
             Ok(s) => s,
             Err(e) => {
-                reaper::signal_group(pid, libc::SIGKILL);
-                let _ = proc.kill();
-                reaper::adopt(proc, opts.live);
+                spawned.exit.abandon();
                 return Err(e);
             }
         };
@@ -157,6 +138,7 @@ impl Child {
         let writer = ChildWriter::new(wr, fd);
         let session: Rc<RefCell<Rc<str>>> = Rc::new(RefCell::new(Rc::from(NO_SESSION)));
         let stats = Rc::new(Cell::new(StderrStats::default()));
+        let stdout_closed = Rc::new(Cell::new(false));
         monoio::spawn(stderr::log_task(
             err_stream,
             StderrCtx {
@@ -169,20 +151,21 @@ impl Child {
         tracing::debug!(target: "child", pid, backend = %opts.backend, "child spawned");
         let handle = ChildHandle(Rc::new(Proc {
             pid,
-            proc: RefCell::new(Some(proc)),
+            exit: spawned.exit,
             status: Cell::new(None),
             stopping: Cell::new(ExitCause::Exited),
             cause: Cell::new(None),
+            stdout_closed: stdout_closed.clone(),
             stdin: writer.clone(),
             session,
             stderr: stats,
-            live: RefCell::new(opts.live),
             exits: opts.exits,
             spawned_at: Instant::now(),
         }));
         let reader = ChildReader {
             lines: LineReader::new(rd, opts.max_line_bytes),
             limit: opts.max_line_bytes,
+            stdout_closed,
         };
         Ok(Child {
             handle,
@@ -227,6 +210,8 @@ impl Child {
 pub struct ChildReader {
     lines: LineReader<OwnedReadHalf<UnixStream>>,
     limit: usize,
+    /// Shared with the handle: the child closed its stdout (EOF read).
+    stdout_closed: Rc<Cell<bool>>,
 }
 
 impl ChildReader {
@@ -234,7 +219,11 @@ impl ChildReader {
     /// over the limit gives `LineTooLong` and finishes the reader, since the
     /// framing cannot be trusted after it.
     pub async fn next_line(&mut self) -> Option<Result<Vec<u8>, ChildError>> {
-        Some(match self.lines.next().await? {
+        let Some(next) = self.lines.next().await else {
+            self.stdout_closed.set(true);
+            return None;
+        };
+        Some(match next {
             Next::Line(l) => Ok(l),
             Next::TooLong => Err(ChildError::LineTooLong { limit: self.limit }),
             Next::Error(e) => Err(ChildError::Io(e)),
@@ -249,45 +238,50 @@ pub struct ChildHandle(Rc<Proc>);
 
 struct Proc {
     pid: u32,
-    /// `None` once reaped (or handed to the orphan list).
-    proc: RefCell<Option<std::process::Child>>,
+    /// Filled in by the process thread when it reaps the child.
+    exit: ExitWatch,
+    /// The status once this worker has seen it (and counted the exit).
     status: Cell<Option<ExitStatus>>,
     /// The cause to record if it exits now (what `stop` last did).
     stopping: Cell<ExitCause>,
     cause: Cell<Option<ExitCause>>,
+    /// EOF was read from its stdout: a child stopped after that was ending
+    /// on its own, not because its stdin closed.
+    stdout_closed: Rc<Cell<bool>>,
     stdin: ChildWriter,
     session: Rc<RefCell<Rc<str>>>,
     stderr: Rc<Cell<StderrStats>>,
-    live: RefCell<Option<LiveSlot>>,
     exits: Option<Rc<ExitCounts>>,
     spawned_at: Instant,
 }
 
 impl Proc {
-    fn reaped(&self, status: ExitStatus, stopping: ExitCause) {
-        let cause = attribute(status, stopping);
-        self.proc.borrow_mut().take();
+    /// Records a status the process thread published; counts the exit once.
+    fn seen(&self, status: ExitStatus) -> ExitStatus {
+        if self.status.get().is_some() {
+            return status;
+        }
+        let cause = attribute(status, self.stopping.get());
         self.status.set(Some(status));
         self.cause.set(Some(cause));
         if let Some(c) = &self.exits {
             c.add(cause);
         }
-        // Exactly once per child: the slot is gone after this.
-        self.live.borrow_mut().take();
         tracing::debug!(target: "child", pid = self.pid, %status, ?cause, "child reaped");
+        status
     }
 }
 
-/// The cause of an exit: what `stop` last did, unless the status shows a
-/// signal `stop` did not send (a crash, or someone else's kill), which makes
-/// it an exit of its own.
+/// The cause of an exit: what `stop` last did (`Exited` if nothing), unless
+/// the status shows a signal `stop` did not send (a crash, or someone else's
+/// kill): `Signaled`.
 fn attribute(status: ExitStatus, stopping: ExitCause) -> ExitCause {
     use std::os::unix::process::ExitStatusExt;
     match (stopping, status.signal()) {
         (ExitCause::Terminated, Some(libc::SIGTERM)) | (ExitCause::Killed, Some(libc::SIGKILL)) => {
             stopping
         }
-        (_, Some(_)) => ExitCause::Exited,
+        (_, Some(_)) => ExitCause::Signaled,
         (c, None) => c,
     }
 }
@@ -316,45 +310,27 @@ impl ChildHandle {
         self.0.cause.get()
     }
 
-    /// The exit status if the child has exited; reaps it (and SIGKILLs what
-    /// is left of its group) the first time. Never blocks.
+    /// The exit status if the child has exited and been reaped. Never blocks.
     pub fn try_exit(&self) -> Option<ExitStatus> {
         if let Some(s) = self.0.status.get() {
             return Some(s);
         }
-        let status = {
-            let mut p = self.0.proc.borrow_mut();
-            reaper::reap_if_exited(p.as_mut()?)?
-        };
-        self.0.reaped(status, self.0.stopping.get());
-        Some(status)
+        Some(self.0.seen(self.0.exit.status()?))
     }
 
-    /// Waits for the child to exit, polling with a short backoff (monoio has
-    /// no child-exit event; a blocking wait would stall the worker).
+    /// Waits for the child to exit and be reaped (by the process thread,
+    /// which wakes this task; nothing polls).
     pub async fn wait_exit(&self) -> ExitStatus {
-        loop {
-            if let Some(s) = self.wait_exit_for(Duration::from_secs(3600)).await {
-                return s;
-            }
+        if let Some(s) = self.0.status.get() {
+            return s;
         }
+        let status = self.0.exit.wait().await;
+        self.0.seen(status)
     }
 
     /// Like `wait_exit`, giving up after `limit`.
     pub async fn wait_exit_for(&self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        let mut pause = Duration::from_millis(EXIT_POLL_FIRST_MS);
-        loop {
-            if let Some(s) = self.try_exit() {
-                return Some(s);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            monoio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(Duration::from_millis(EXIT_POLL_MAX_MS));
-        }
+        monoio::time::timeout(limit, self.wait_exit()).await.ok()
     }
 
     /// Closes stdin, waits up to `grace`; SIGTERM to the group, waits up to
@@ -364,7 +340,12 @@ impl ChildHandle {
         if let Some(s) = self.try_exit() {
             return s;
         }
-        self.0.stopping.set(ExitCause::StdinClosed);
+        // A child whose stdout already reached EOF (it crashed, or quit) is
+        // not stopped by its stdin closing, whatever the order the exit and
+        // this call come in.
+        if !self.0.stdout_closed.get() {
+            self.0.stopping.set(ExitCause::StdinClosed);
+        }
         self.0.stdin.close_stdin();
         if let Some(s) = self.wait_exit_for(grace).await {
             return s;
@@ -380,29 +361,35 @@ impl ChildHandle {
     }
 
     fn signal(&self, cause: ExitCause, sig: libc::c_int) {
+        // Set first: the exit may be published as soon as the signal lands.
+        let before = self.0.stopping.replace(cause);
         // Only while unreaped: the group id is ours until then.
-        if self.0.proc.borrow().is_some() {
-            self.0.stopping.set(cause);
-            reaper::signal_group(self.0.pid, sig);
+        if !self.0.exit.signal_group(sig) {
+            self.0.stopping.set(before);
         }
     }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let Some(mut proc) = self.proc.borrow_mut().take() else {
-            return;
-        };
-        if let Some(status) = reaper::reap_if_exited(&mut proc) {
-            self.reaped(status, self.stopping.get());
+        if self.status.get().is_some() {
             return;
         }
-        tracing::warn!(target: "child", pid = self.pid, "child dropped without stop; killing its process group");
-        reaper::signal_group(self.pid, libc::SIGKILL);
-        if let Some(c) = &self.exits {
-            c.add(ExitCause::Dropped);
+        if let Some(status) = self.exit.status() {
+            self.seen(status);
+            return;
         }
-        reaper::adopt(proc, self.live.borrow_mut().take());
+        match self.exit.abandon() {
+            Some(status) => {
+                self.seen(status);
+            }
+            None => {
+                tracing::warn!(target: "child", pid = self.pid, "child dropped without stop; killing its process group");
+                if let Some(c) = &self.exits {
+                    c.add(ExitCause::Dropped);
+                }
+            }
+        }
     }
 }
 
@@ -418,15 +405,17 @@ mod tests {
         use ExitCause::*;
         for (status, stopping, want) in [
             (code(0), Exited, Exited),
+            (code(3), Exited, Exited),
             (code(0), StdinClosed, StdinClosed),
             (code(143), Terminated, Terminated),
             (sig(libc::SIGTERM), Terminated, Terminated),
             (sig(libc::SIGKILL), Killed, Killed),
             // Killed from outside while stdin was being closed.
-            (sig(libc::SIGKILL), StdinClosed, Exited),
-            (sig(libc::SIGKILL), Terminated, Exited),
-            (sig(libc::SIGSEGV), Exited, Exited),
-            (sig(libc::SIGTERM), Exited, Exited),
+            (sig(libc::SIGKILL), StdinClosed, Signaled),
+            (sig(libc::SIGKILL), Terminated, Signaled),
+            (sig(libc::SIGSEGV), Exited, Signaled),
+            (sig(libc::SIGTERM), Exited, Signaled),
+            (sig(libc::SIGABRT), Killed, Signaled),
         ] {
             assert_eq!(
                 attribute(status, stopping),

@@ -28,7 +28,7 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -276,6 +276,7 @@ impl FakeBuilder {
                 conns: Mutex::new(HashMap::new()),
                 handles: Mutex::new(Vec::new()),
                 next_conn: AtomicU64::new(0),
+                peak_conns: AtomicUsize::new(0),
             }),
             acceptor: Mutex::new(None),
             dir,
@@ -314,6 +315,8 @@ struct Shared {
     conns: Mutex<HashMap<u64, UnixStream>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
     next_conn: AtomicU64,
+    /// Most connections open at once since the start.
+    peak_conns: AtomicUsize,
 }
 
 impl Shared {
@@ -479,6 +482,13 @@ impl FakeTailscaled {
             .len()
     }
 
+    /// The most connections that were open at the same time since the
+    /// start (a connection counts from its accept until the fake sees it
+    /// closed).
+    pub fn peak_open_connections(&self) -> usize {
+        self.shared.peak_conns.load(Ordering::SeqCst)
+    }
+
     pub fn reset_counters(&self) {
         *self.shared.counters() = Counters::default();
     }
@@ -572,11 +582,11 @@ fn accept_loop(listener: UnixListener, stop: Arc<AtomicBool>, shared: Arc<Shared
         };
         shared.counters().connections += 1;
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        shared
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, clone);
+        {
+            let mut conns = shared.conns.lock().unwrap_or_else(|e| e.into_inner());
+            conns.insert(id, clone);
+            shared.peak_conns.fetch_max(conns.len(), Ordering::SeqCst);
+        }
         let s = shared.clone();
         let handle = thread::Builder::new()
             .name("fake-tailscaled-conn".into())
