@@ -25,8 +25,12 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use std::sync::Arc;
+
+use crate::mcp::authz::PostAuthz;
 use crate::mcp::jsonrpc::{self, Kind, Message, Outgoing};
 use crate::mcp::sse;
+use crate::policy::mcp_authz::{Filtered, ListFilter, ListKind};
 use crate::pool::{ChildHandle, ChildReader, ChildWriter};
 
 /// Pieces a POST's stream may hold before the child's reader waits for the
@@ -50,6 +54,8 @@ struct Pending {
     /// When it times out; pushed back by each of its progress notifications.
     deadline: Instant,
     initialize: bool,
+    /// A list request whose answer is filtered for its caller.
+    list: Option<(ListKind, Arc<ListFilter>)>,
 }
 
 struct State {
@@ -142,10 +148,14 @@ impl Session {
 
     /// Sends client messages to the child. Returns the SSE stream for their
     /// answers when they include requests, `None` when they do not (202).
+    /// Requests `authz` refused are answered on the stream with their error
+    /// and never reach the child.
     pub async fn post(
         &self,
         messages: &[Message],
+        authz: Option<&PostAuthz>,
     ) -> Result<Option<flume::Receiver<Vec<u8>>>, PostError> {
+        let refusal = |i: usize| authz.and_then(|a| a.refusal(i));
         let stream = {
             let mut st = self.state.borrow_mut();
             if st.ended {
@@ -162,7 +172,7 @@ impl Session {
                 }
             }
             let mut rx = None;
-            for m in messages {
+            for (i, m) in messages.iter().enumerate() {
                 if let Kind::Request {
                     id,
                     progress_token,
@@ -171,10 +181,16 @@ impl Session {
                 } = &m.kind
                 {
                     let s = stream.get_or_insert_with(|| {
-                        let (tx, r) = flume::bounded(POST_STREAM_DEPTH);
+                        // Room for every refusal: they are queued before
+                        // the client has the receiving end.
+                        let (tx, r) = flume::bounded(POST_STREAM_DEPTH.max(messages.len()));
                         rx = Some(r);
                         Rc::new(PostStream { tx })
                     });
+                    if let Some(error) = refusal(i) {
+                        let _ = s.tx.try_send(sse::event(error.as_bytes()));
+                        continue;
+                    }
                     if let Some(t) = progress_token {
                         st.progress.insert(t.clone(), id.clone());
                     }
@@ -185,13 +201,17 @@ impl Session {
                             progress: progress_token.clone(),
                             deadline: now + self.request_timeout,
                             initialize: method == "initialize",
+                            list: authz.and_then(|a| a.list(i)),
                         },
                     );
                 }
             }
             rx
         };
-        for m in messages {
+        for (i, m) in messages.iter().enumerate() {
+            if refusal(i).is_some() {
+                continue;
+            }
             let sent =
                 monoio::time::timeout(self.request_timeout, self.writer.send(m.line.as_bytes()))
                     .await;
@@ -253,7 +273,7 @@ impl Session {
         let Some(out) = jsonrpc::peek(line) else {
             return false;
         };
-        let event = sse::event(line);
+        let mut list = None;
         let target = {
             let mut st = self.state.borrow_mut();
             match out {
@@ -277,6 +297,7 @@ impl Session {
                         if st.protocol.is_none() {
                             st.protocol = Some(jsonrpc::protocol_version(line).unwrap_or_default());
                         }
+                        list = p.list;
                         Some(p.stream)
                     }
                     None => None,
@@ -299,6 +320,12 @@ impl Session {
                 }
                 _ => None,
             }
+        };
+        // A list answer keeps what its caller may use, spliced from the
+        // child's own bytes; anything else goes as the child wrote it.
+        let event = match list.map(|(kind, f)| f.filter(line, kind)) {
+            Some(Filtered::Spliced { line, .. }) => sse::event(&line),
+            _ => sse::event(line),
         };
         match target {
             // Waits if the client reads slowly; a gone client fails at once.

@@ -16,8 +16,10 @@
 //! through: a deny rule that cannot be evaluated is no evidence that the
 //! caller is allowed.
 
+mod caller;
 mod filter;
 
+pub use caller::{Caller, ListFilter};
 pub use filter::{filter_list, Filtered};
 
 use crate::policy::cel::{Expr, McpKind, McpResource, McpVars, Vars};

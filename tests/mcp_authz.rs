@@ -1,0 +1,228 @@
+//! Per-tool authorization from tailnet grants, end to end: the fake
+//! tailscaled answers a different `CapMap` for each caller, ringgate runs
+//! `config/mcp-grants.yaml` (the worked example), the official Python SDK
+//! calls from each caller's loopback address, and the real server-everything
+//! runs behind a tap that records every line it is sent.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use support::fake_tailscaled::{FakeTailscaled, Node};
+use support::mcp::server_js;
+use support::*;
+
+const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
+const TRY: &str = "echo,get-sum,get-env";
+
+/// `config/mcp-grants.yaml` on loopback, against the fake daemon, with the
+/// child wrapped in the stdin tap.
+fn grants_config(fake: &FakeTailscaled, tap_dir: &Path) -> String {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/mcp-grants.yaml"
+    ))
+    .unwrap();
+    let args = format!(
+        "[\"{PEERS}/stdin_tap.py\", \"--log-dir\", \"{}\", \"--\", \"node\", \"{}\"]",
+        tap_dir.display(),
+        server_js()
+    );
+    let out = example
+        .replace("- port: 3000", "- port: 0\n  address: 127.0.0.1")
+        .replace("unix:/run/tailscale/tailscaled.sock", &fake.target())
+        .replace("cmd: npx", "cmd: python3")
+        .replace("[\"@modelcontextprotocol/server-everything\"]", &args);
+    assert!(
+        out.contains("- port: 0") && out.contains("stdin_tap.py"),
+        "the example changed shape"
+    );
+    format!("config:\n  workerThreads: 2\n  mcp: {{stopGrace: 500ms}}\n{out}")
+}
+
+fn python_client(url: &str, src: &str, message: &str) -> Value {
+    let out = Command::new(format!("{PEERS}/.venv/bin/python"))
+        .arg(format!("{PEERS}/mcp_client.py"))
+        .args(["--url", url, "--source-ip", src, "--scenario", "authz"])
+        .args(["--try-tools", TRY, "--message", message, "--timeout", "60"])
+        .output()
+        .expect("run the Python MCP client (tests/peers/setup.sh installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "client printed no JSON ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn names(v: &Value) -> BTreeSet<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("a list: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The `method` and `params.name` of every line the session's child was sent.
+fn child_received(p: &Proxy, tap_dir: &Path, session: &str) -> Vec<(String, Option<String>)> {
+    let started = p
+        .wait_log(|l| l.contains("session started") && l.contains(session))
+        .expect("session start logged");
+    let pid = field(&started, "pid").expect("pid logged");
+    let text = std::fs::read_to_string(tap_dir.join(format!("stdin-{pid}.log")))
+        .expect("the tap logged the session's child");
+    text.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("one JSON message per line");
+            let method = v["method"].as_str().unwrap_or("(response)").to_string();
+            (method, v["params"]["name"].as_str().map(str::to_string))
+        })
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn each_caller_sees_and_calls_exactly_its_grant() {
+    let fake = FakeTailscaled::builder()
+        .node(
+            Node::user(
+                "127.0.0.2",
+                "alice-laptop.tail1234.ts.net.",
+                "alice@example.com",
+            )
+            .with_cap_map(r#"{"example.com/cap/mcp": [{"tools": ["echo", "get-sum"]}]}"#),
+        )
+        .node(
+            Node::tagged("127.0.0.3", "ci-runner.tail1234.ts.net.", &["tag:ci"])
+                .with_cap_map(r#"{"example.com/cap/mcp": [{"tools": ["*"]}]}"#),
+        )
+        // No grant at all: CapMap is null.
+        .user(
+            "127.0.0.4",
+            "bob-laptop.tail1234.ts.net.",
+            "bob@example.com",
+        )
+        .start();
+    let tap = tempfile::tempdir().unwrap();
+    let p = Proxy::start(&grants_config(&fake, tap.path()), &[]);
+    let url = format!("http://{}/mcp", p.addr());
+
+    let alice = python_client(&url, "127.0.0.2", "from alice");
+    let ci = python_client(&url, "127.0.0.3", "from ci");
+    let bob = python_client(&url, "127.0.0.4", "from bob");
+    for v in [&alice, &ci, &bob] {
+        assert_eq!(v["ok"], true, "{v:#}");
+        // The example's rule names only tools.
+        assert_eq!(v["prompts"], Value::Array(vec![]), "{v:#}");
+        assert_eq!(v["resources"], Value::Array(vec![]), "{v:#}");
+    }
+
+    // Each sees exactly its tools.
+    assert_eq!(
+        names(&alice["tools"]),
+        set(&["echo", "get-sum"]),
+        "{alice:#}"
+    );
+    assert_eq!(names(&bob["tools"]), BTreeSet::new(), "{bob:#}");
+    let all = names(&ci["tools"]);
+    for t in [
+        "echo",
+        "get-sum",
+        "get-env",
+        "trigger-long-running-operation",
+    ] {
+        assert!(all.contains(t), "{t} in the tagged node's {all:?}");
+    }
+    assert!(all.len() > 10, "\"*\" lists every tool: {all:?}");
+
+    // Calls inside a grant work; the others are refused with -32602.
+    let refused = |v: &Value, tool: &str| {
+        let c = &v["calls"][tool];
+        assert_eq!(c["ok"], false, "{tool}: {v:#}");
+        assert_eq!(c["code"], -32602, "{tool}: {v:#}");
+    };
+    assert!(
+        alice["calls"]["echo"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("from alice"),
+        "{alice:#}"
+    );
+    assert!(
+        alice["calls"]["get-sum"]["text"]
+            .as_str()
+            .unwrap()
+            .contains('5'),
+        "{alice:#}"
+    );
+    refused(&alice, "get-env");
+    for tool in ["echo", "get-sum", "get-env"] {
+        assert_eq!(ci["calls"][tool]["ok"], true, "{tool}: {ci:#}");
+        refused(&bob, tool);
+    }
+
+    // The children saw every allowed call and none of the refused ones; list
+    // requests reached them (their answers were filtered on the way back).
+    for (v, reached) in [
+        (&alice, &["echo", "get-sum"][..]),
+        (&ci, &["echo", "get-sum", "get-env"][..]),
+        (&bob, &[][..]),
+    ] {
+        let sid = v["session_id"].as_str().expect("session id");
+        let lines = child_received(&p, tap.path(), sid);
+        let called: BTreeSet<String> = lines
+            .iter()
+            .filter(|(m, _)| m == "tools/call")
+            .filter_map(|(_, n)| n.clone())
+            .collect();
+        assert_eq!(called, set(reached), "{sid}: {lines:?}");
+        for list in ["tools/list", "prompts/list", "resources/list"] {
+            assert!(lines.iter().any(|(m, _)| m == list), "{list}: {lines:?}");
+        }
+    }
+
+    // The audit: the decision with the caller, the method and the tool.
+    let denied = p
+        .wait_log(|l| l.contains("mcp.authz=deny") && l.contains("bob@example.com"))
+        .expect("access line of a refused call");
+    assert!(denied.contains("mcp.method.name=tools/call"), "{denied}");
+    assert!(denied.contains("gen_ai.tool.name="), "{denied}");
+    let allowed = p
+        .wait_log(|l| {
+            l.contains("mcp.authz=allow")
+                && l.contains("gen_ai.tool.name=get-env")
+                && l.contains("tailscale.node=ci-runner.tail1234.ts.net.")
+        })
+        .expect("access line of an allowed call");
+    assert!(allowed.contains("http.status=200"), "{allowed}");
+    assert!(p
+        .wait_log(|l| l.contains("mcp.authz=filter") && l.contains("mcp.method.name=tools/list"))
+        .is_some());
+
+    // Metrics count decisions by route and result: 5 calls allowed
+    // (alice 2, ci 3), 4 refused (alice 1, bob 3), 9 list requests.
+    let stats = p.stats.expect("metrics listener");
+    let text = request_from(
+        "127.0.0.1",
+        stats,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .text();
+    for line in [
+        "ringgate_mcp_authz_decisions_total{route=\"application\",result=\"allow\"} 5",
+        "ringgate_mcp_authz_decisions_total{route=\"application\",result=\"deny\"} 4",
+        "ringgate_mcp_authz_decisions_total{route=\"application\",result=\"filter\"} 9",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+}
