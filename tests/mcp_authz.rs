@@ -226,3 +226,74 @@ fn each_caller_sees_and_calls_exactly_its_grant() {
         );
     }
 }
+
+/// In a batch, refused requests are answered by ringgate and the rest go to
+/// the child; a list answer in the same batch is filtered.
+#[test]
+fn a_batch_holds_back_only_what_is_refused() {
+    use serde_json::json;
+    use support::mcp::{init_body, post};
+
+    let fake = FakeTailscaled::builder()
+        .node(
+            Node::user(
+                "127.0.0.2",
+                "alice-laptop.tail1234.ts.net.",
+                "alice@example.com",
+            )
+            .with_cap_map(r#"{"example.com/cap/mcp": [{"tools": ["echo", "get-sum"]}]}"#),
+        )
+        .start();
+    let tap = tempfile::tempdir().unwrap();
+    let p = Proxy::start(&grants_config(&fake, tap.path()), &[]);
+    // 2025-03-26 is the last revision with batches.
+    let r = post(&p, "127.0.0.2", "/mcp", None, &init_body("2025-03-26"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sid = r.header("mcp-session-id").expect("session id").to_string();
+    let n = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    assert_eq!(post(&p, "127.0.0.2", "/mcp", Some(&sid), &n).status, 202);
+
+    let batch = json!([
+        {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"message":"batched"}}},
+        {"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"get-env","arguments":{}}},
+        {"jsonrpc":"2.0","id":4,"method":"tools/list"},
+        {"jsonrpc":"2.0","id":5,"method":"resources/read","params":{"uri":"demo://resource/static/document/architecture.md"}},
+    ]);
+    let r = post(&p, "127.0.0.2", "/mcp", Some(&sid), &batch);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let events = r.events();
+    let answer = |id: u64| {
+        events
+            .iter()
+            .find(|e| e["id"] == id)
+            .unwrap_or_else(|| panic!("no answer {id} in {events:#?}"))
+    };
+    assert!(
+        answer(2)["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("batched"),
+        "{events:#?}"
+    );
+    assert_eq!(answer(3)["error"]["code"], -32602, "{events:#?}");
+    assert_eq!(answer(3)["error"]["message"], "Unknown tool: get-env");
+    assert_eq!(answer(5)["error"]["code"], -32602, "{events:#?}");
+    let listed: BTreeSet<String> = answer(4)["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, set(&["echo", "get-sum"]));
+
+    let lines = child_received(&p, tap.path(), &sid);
+    let methods: Vec<&str> = lines.iter().map(|(m, _)| m.as_str()).collect();
+    let called: Vec<_> = lines
+        .iter()
+        .filter(|(m, _)| m == "tools/call")
+        .map(|(_, n)| n.clone())
+        .collect();
+    assert_eq!(called, [Some("echo".to_string())], "{lines:?}");
+    assert!(methods.contains(&"tools/list"), "{methods:?}");
+    assert!(!methods.contains(&"resources/read"), "{methods:?}");
+}
