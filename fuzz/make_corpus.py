@@ -61,6 +61,8 @@ client = {
     "batch": '[{"jsonrpc":"2.0","method":"notifications/initialized"},\n {"jsonrpc":"2.0","id":"a","result":{}}, {"jsonrpc":"2.0","id":-1.5e3,"error":{"code":1,"message":"x"}}]',
     "tools-call": '{"jsonrpc":"2.0","id":"\\u2028x\\n","method":"tools/call","params":{"name":"echo","arguments":{"message":"line\\r\\nbreak"}}}',
     "invalid": '{"jsonrpc":"2.0","id":{},"method":"x"}',
+    "pretty": '\r\n{\n  "method" : "tools/call",\n\t"jsonrpc": "2.0", "id": 123456789012345678901234567890,\r\n  "params": {"name": "echo", "arguments": {"z": -0, "a": 1.10, "e": 1e400, "s": "caf\\u00e9\\n"}}\n}\n',
+    "duplicate": '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","n\\u0061me":"other"}}',
 }
 for name, body in client.items():
     write("jsonrpc_client", name, body)

@@ -48,8 +48,12 @@ pub fn serve_readiness(addr: SocketAddr, state: AdminState) -> std::io::Result<S
     })
 }
 
-/// Ready once every worker runs (so every listener is bound) and every pool
-/// holds its minimum of idle children; not ready while draining.
+/// Ready when a new MCP session can be taken now: every worker runs (so
+/// every listener is bound) and, for every MCP target, some worker holds an
+/// idle child, or fewer than `maxLive` children live (one can be spawned,
+/// unless spawns are failing), or an idle session can be evicted to make
+/// room. Not ready while draining. Whether the taking worker itself holds an
+/// idle child does not matter: an `initialize` goes where one is.
 fn readiness(state: &AdminState) -> (bool, String) {
     if state.controls.is_draining() {
         return (false, "draining".into());
@@ -65,17 +69,32 @@ fn readiness(state: &AdminState) -> (bool, String) {
             ),
         );
     }
-    for s in &snaps {
-        for p in &s.pools {
-            if p.idle < p.min_idle {
-                return (
-                    false,
-                    format!(
-                        "worker {}: pool {} has {} of {} idle children",
-                        s.worker, p.target, p.idle, p.min_idle
-                    ),
-                );
-            }
+    let live = state.live_children.load(Ordering::Relaxed);
+    let evictable: u64 = snaps.iter().map(|s| s.idle_sessions).sum();
+    // Pools are labelled `target/wN`: one entry per worker and target.
+    let mut targets: std::collections::BTreeMap<&str, (usize, usize, bool)> =
+        std::collections::BTreeMap::new();
+    for p in snaps.iter().flat_map(|s| &s.pools) {
+        let target = p
+            .target
+            .rsplit_once("/w")
+            .map_or(p.target.as_str(), |(t, _)| t);
+        let e = targets.entry(target).or_insert((0, p.max_live, true));
+        e.0 += p.idle;
+        e.2 &= p.backing_off;
+    }
+    for (target, (idle, max_live, failing)) in targets {
+        // Eviction frees a slot only for a spawn, so it helps only then.
+        if idle == 0 && (failing || (live >= max_live && evictable == 0)) {
+            let why = if failing {
+                "spawns failing"
+            } else {
+                "no idle session to evict"
+            };
+            return (
+                false,
+                format!("{target}: no idle child, {live} of {max_live} children live, {why}"),
+            );
         }
     }
     (true, "ready".into())

@@ -7,6 +7,7 @@
 //! ignored: a security proxy that skips a policy it did not understand lets
 //! people in.
 
+mod capacity;
 mod compile;
 mod policies;
 pub mod yaml;

@@ -150,10 +150,14 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
                 let handled = admitted.refuse(resp);
                 let head = reader.head().expect("the head is parsed");
                 let req = request(&buf, head, &[], peer, &peer_ip);
-                if answer(&mut stream, out, &ctx, &req, &handled, false, started)
+                let answered = answer(&mut stream, out, &ctx, &req, &handled, false, started)
                     .await
-                    .is_some()
-                {
+                    .is_some();
+                // The partial body is given up before the lingering close,
+                // which may last `lingerTimeout`: its bytes leave the budget.
+                drop(budget);
+                drop(buf);
+                if answered {
                     linger(stream, limits).await;
                 }
                 return;
@@ -341,6 +345,9 @@ impl Drop for BodyBudget<'_> {
 /// How long a stream may stay silent before a keep-alive comment is sent;
 /// the write also finds clients that went away.
 const STREAM_KEEPALIVE: Duration = Duration::from_secs(15);
+/// After a client's FIN and a probe, how long its reset may take to come
+/// back (a round trip) before the client counts as still reading.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
 /// A write gathers queued pieces up to about this many bytes, so a slow
 /// reader of many large events does not make one huge buffer.
 const MAX_GATHER_BYTES: usize = 256 * 1024;
@@ -350,11 +357,11 @@ const HEAD_HOLD: Duration = Duration::from_millis(5);
 
 /// Writes a response head (in `out`) and its streamed body until the body's
 /// senders are gone; returns the buffer (unless the connection failed) and
-/// the bytes written. A client that closes its connection while the stream
-/// waits for its next event is noticed at once (its FIN, then the reset its
-/// kernel sends for our next bytes): the stream's receiver is dropped, which
-/// its sender (an MCP session) sees. A client that only shut down its
-/// sending side keeps reading.
+/// the bytes written. A client that closes its end while the stream waits
+/// for its next event is noticed at once (or, across a network, a round trip
+/// after a probe): the stream's receiver is dropped, which its sender (an
+/// MCP session) sees. A client that only shut its sending half after the
+/// request is still served.
 async fn write_stream(
     stream: &mut TcpStream,
     mut out: Vec<u8>,
@@ -365,53 +372,56 @@ async fn write_stream(
     let mut sent = 0;
     let mut wait = HEAD_HOLD;
     // Watch the client only in long waits: a quick answer costs nothing.
-    let mut watch = Watch::Off;
+    let mut watch = false;
+    // When to look again for the reset a closed client answers a probe with.
+    let mut probe_due: Option<Instant> = None;
     loop {
-        let timer = match watch {
-            Watch::Probe(at) => wait.min(at.saturating_duration_since(Instant::now())),
-            _ => wait,
-        };
-        let next = if watch == Watch::On {
+        let until = probe_due.map_or(wait, |t| {
+            wait.min(t.saturating_duration_since(Instant::now()))
+        });
+        let next = if watch {
             monoio::select! {
-                r = monoio::time::timeout(timer, rx.recv_async()) => Some(r),
+                r = monoio::time::timeout(until, rx.recv_async()) => Some(r),
                 _ = stream.readable(false) => None,
             }
         } else {
-            Some(monoio::time::timeout(timer, rx.recv_async()).await)
+            Some(monoio::time::timeout(until, rx.recv_async()).await)
         };
         let Some(next) = next else {
             match peer_state(stream) {
-                Peer::Failed => return (None, sent),
-                // A FIN: the client closed, or only shut down its sending
-                // side and still reads. A closed client answers our next
-                // bytes with a reset, which the probe then sees.
-                Peer::Closed => {
-                    watch = Watch::Probe(Instant::now() + CLOSE_PROBE);
+                Peer::Gone => return (None, sent),
+                // Bytes of a next request: they wait in the kernel.
+                Peer::Sent => watch = false,
+                Peer::Quiet => {}
+                // The client closed its end, or only its sending half (it
+                // may still read): a probe tells them apart, as a closed
+                // socket answers it with a reset.
+                Peer::Eof => {
+                    watch = false;
                     out.clear();
                     stream_piece(&mut out, crate::mcp::sse::KEEPALIVE, http10);
                     sent += out.len();
-                    match write(stream, out, timeout).await {
-                        Some(o) => out = o,
+                    out = match write(stream, out, timeout).await {
+                        Some(mut o) => {
+                            o.clear();
+                            o
+                        }
                         None => return (None, sent),
+                    };
+                    if reset_seen(stream) {
+                        return (None, sent);
                     }
-                    out.clear();
+                    probe_due = Some(Instant::now() + PROBE_WAIT);
                 }
-                // Bytes of a next request: they wait in the kernel.
-                Peer::Sent => watch = Watch::Off,
-                Peer::Quiet => {}
             }
             continue;
         };
-        if let (Err(_), Watch::Probe(at)) = (&next, watch) {
-            if Instant::now() >= at {
-                if peer_state(stream) == Peer::Failed {
-                    return (None, sent);
-                }
-                // Half-closed but reading: serve on; a later close shows
-                // up as a failed write.
-                watch = Watch::Off;
-                continue;
+        if next.is_err() && probe_due.is_some_and(|t| Instant::now() >= t) {
+            probe_due = None;
+            if reset_seen(stream) {
+                return (None, sent);
             }
+            continue;
         }
         let end = match next {
             Ok(Ok(piece)) => {
@@ -446,7 +456,7 @@ async fn write_stream(
         };
         if wait == HEAD_HOLD {
             wait = STREAM_KEEPALIVE;
-            watch = Watch::On;
+            watch = true;
         }
         sent += out.len();
         match write(stream, out, timeout).await {
@@ -459,30 +469,38 @@ async fn write_stream(
     }
 }
 
-/// How a streamed answer keeps an eye on its client.
-#[derive(Clone, Copy, PartialEq)]
-enum Watch {
-    Off,
-    /// Wake when the socket becomes readable.
-    On,
-    /// The client sent a FIN; look for a reset at this time.
-    Probe(Instant),
-}
-
-/// How long after a client's FIN the stream looks for the reset that a
-/// closed socket answers to our bytes with (a round trip, on a tailnet).
-const CLOSE_PROBE: Duration = Duration::from_millis(250);
-
-#[derive(PartialEq)]
 enum Peer {
-    /// Reset, or another error: gone.
-    Failed,
-    /// End of stream: a FIN.
-    Closed,
+    /// Reset the connection.
+    Gone,
+    /// Sent its FIN: closed, or only shut its sending half.
+    Eof,
     /// Sent bytes (a pipelined request), still there to read.
     Sent,
     /// Nothing to read after all.
     Quiet,
+}
+
+/// `TCP_CLOSE` of the kernel's TCP states (linux/tcp_states.h).
+const TCP_CLOSE: u8 = 7;
+
+/// Whether the client answered with a reset (a probe sent to a socket it
+/// closed). After its FIN a read reports only the end of the stream, never
+/// the reset, so this looks at the connection's state.
+fn reset_seen(stream: &TcpStream) -> bool {
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes
+    // of it for a valid socket fd owned by `stream`.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        rc != 0 || info.tcpi_state == TCP_CLOSE
+    }
 }
 
 /// Looks at what made the socket readable without taking any byte.
@@ -498,11 +516,11 @@ fn peer_state(stream: &TcpStream) -> Peer {
         )
     };
     match n {
-        0 => Peer::Closed,
+        0 => Peer::Eof,
         n if n > 0 => Peer::Sent,
         _ => match std::io::Error::last_os_error().kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Peer::Quiet,
-            _ => Peer::Failed,
+            _ => Peer::Gone,
         },
     }
 }

@@ -93,7 +93,8 @@ pub fn spawn_signal_thread(
             for sig in signals.forever() {
                 match sig {
                     SIGHUP => {
-                        if let Some(new) = reload(&config_path, &current) {
+                        let workers = controls.workers.len();
+                        if let Some(new) = reload(&config_path, &current, workers) {
                             current = new.clone();
                             controls.broadcast(|| Control::Reload(new.clone()));
                         }
@@ -105,11 +106,13 @@ pub fn spawn_signal_thread(
                     }
                     _ => {
                         let deadline = Instant::now() + current.drain_timeout;
+                        // Set before the log line, so whoever reads the line
+                        // finds readiness already refusing.
+                        controls.draining.store(true, Ordering::Relaxed);
                         info!(
                             timeout_ms = current.drain_timeout.as_millis() as u64,
                             "draining: no new connections; finishing in-flight requests"
                         );
-                        controls.draining.store(true, Ordering::Relaxed);
                         controls.broadcast(|| Control::Drain { deadline });
                     }
                 }
@@ -119,7 +122,7 @@ pub fn spawn_signal_thread(
 }
 
 /// Loads and compiles the config again; `None` keeps the running one.
-fn reload(path: &Path, current: &Config) -> Option<Arc<Config>> {
+fn reload(path: &Path, current: &Config, workers: usize) -> Option<Arc<Config>> {
     let new = match Config::from_file(path) {
         Ok(c) => c,
         Err(errs) => {
@@ -137,6 +140,10 @@ fn reload(path: &Path, current: &Config) -> Option<Arc<Config>> {
             .all(|(a, b)| a.port == b.port && a.address == b.address);
     if !same_binds {
         error!("reload refused: binds (ports, addresses) changed; restart to apply them");
+        return None;
+    }
+    if let Err(e) = new.check_capacity(workers) {
+        error!(problem = %e, "reload refused: keeping the running config");
         return None;
     }
     crate::logging::set_level(new.logging.level.as_deref());

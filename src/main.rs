@@ -101,6 +101,11 @@ fn main() -> ExitCode {
         .map(usize::from)
         .or(config.worker_threads)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if let Err(e) = config.check_capacity(threads) {
+        error!(problem = %e, "configuration refused");
+        eprintln!("ringgate: {e}");
+        return ExitCode::from(2);
+    }
     let opts = RunOptions {
         threads,
         driver: cli.io_driver.unwrap_or(config.io_driver),

@@ -8,6 +8,18 @@
 //! owner as a [`Job`] over a channel, and the answer, an SSE stream included,
 //! comes back over channels the connection reads from.
 //!
+//! The owner answers a job at once: it registers the request and queues its
+//! lines for the session's writer task, never waiting on the child, so a
+//! request's fate does not depend on the worker that accepted it. Inboxes
+//! are bounded ([`INBOX_DEPTH`] jobs): a full one is a 503 with Retry-After.
+//!
+//! Capacity is the process's, not a worker's: each pool publishes its idle
+//! count on the [`Hub`], and an `initialize` on a worker with no idle child
+//! goes to a worker that has one (the session then lives there, as its id
+//! says). At `maxLive`, the least recently used idle session (no request in
+//! flight, no open GET stream) of any worker is evicted to make room; the
+//! workers are asked over their inboxes which one holds it.
+//!
 //! - [`endpoint`]: POST / GET / DELETE checks and statuses
 //! - [`jsonrpc`]: classify client messages, peek at child lines
 //! - [`session`]: one session's routing of child output
@@ -28,7 +40,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::config::{Backend, Config, McpSettings};
-use crate::pool::{Pool, PoolConfig, PoolError};
+use crate::pool::{IdleBoard, Pool, PoolConfig, PoolError};
 use jsonrpc::Message;
 use session::{PostError, Session};
 
@@ -88,6 +100,10 @@ fn is_npx(cmd: &str) -> bool {
         .is_some_and(|n| n == "npx")
 }
 
+/// Jobs a worker's inbox holds before hand-offs to it are refused (503).
+/// The owner answers each at once, so a full inbox means a stalled worker.
+pub const INBOX_DEPTH: usize = 1024;
+
 /// A request for a session's owner.
 pub struct Job {
     pub session: String,
@@ -108,6 +124,15 @@ pub enum Op {
     },
     Get,
     Delete,
+    /// Create a session here (this worker has an idle child); `session` is
+    /// empty.
+    Initialize {
+        messages: Vec<Message>,
+    },
+    /// When this worker's least recently used idle session was last active.
+    OldestIdle,
+    /// End this worker's least recently used idle session, and stop its child.
+    Evict,
 }
 
 pub enum Reply {
@@ -118,17 +143,54 @@ pub enum Reply {
     /// SSE events until the stream ends.
     Stream(flume::Receiver<Vec<u8>>),
     Deleted,
+    /// A session created for [`Op::Initialize`]: its id, its first stream.
+    Created(String, flume::Receiver<Vec<u8>>),
+    OldestIdle(Option<Instant>),
+    Evicted(bool),
 }
 
-/// The inboxes of every worker, shared by all of them.
+/// The refusal of an `initialize` at `maxLive` with nothing to evict.
+const NO_SERVER: &str = "no MCP server available";
+
+/// Where an `initialize` can get a child.
+enum Place {
+    /// An idle child here, or room to spawn one.
+    Here,
+    /// An idle child on that worker.
+    Worker(usize),
+    /// `maxLive` children live and none idle.
+    Full,
+}
+
+/// The inboxes of every worker, and the idle children of every pool, shared
+/// by all of them.
 pub struct Hub {
     inboxes: Vec<flume::Sender<Job>>,
+    /// By `McpBackend::key`; taken when a pool is made (start, reload).
+    boards: std::sync::Mutex<HashMap<String, IdleBoard>>,
 }
 
 impl Hub {
     pub fn new(workers: usize) -> (Arc<Hub>, Vec<flume::Receiver<Job>>) {
-        let (txs, rxs) = (0..workers).map(|_| flume::unbounded()).unzip();
-        (Arc::new(Hub { inboxes: txs }), rxs)
+        let (txs, rxs) = (0..workers).map(|_| flume::bounded(INBOX_DEPTH)).unzip();
+        let hub = Hub {
+            inboxes: txs,
+            boards: std::sync::Mutex::new(HashMap::new()),
+        };
+        (Arc::new(hub), rxs)
+    }
+
+    /// The idle board of a target, one slot per worker.
+    pub fn board(&self, key: &str) -> IdleBoard {
+        let mut boards = self.boards.lock().unwrap_or_else(|e| e.into_inner());
+        boards
+            .entry(key.to_string())
+            .or_insert_with(|| {
+                (0..self.inboxes.len())
+                    .map(|_| std::sync::atomic::AtomicUsize::new(0))
+                    .collect()
+            })
+            .clone()
     }
 }
 
@@ -138,11 +200,16 @@ pub struct McpWorker {
     sessions: RefCell<HashMap<Rc<str>, Rc<Session>>>,
     /// By `McpBackend::key`.
     pools: RefCell<HashMap<String, Rc<Pool>>>,
+    /// The idle boards of those pools, by the same key.
+    boards: RefCell<HashMap<String, IdleBoard>>,
     hub: Arc<Hub>,
-    settings: McpSettings,
+    /// `config.mcp`; replaced by a reload, for new sessions and children.
+    settings: RefCell<McpSettings>,
     live: Arc<std::sync::atomic::AtomicUsize>,
     /// initialize requests that found no idle child.
     pool_waits: std::cell::Cell<u64>,
+    /// Idle sessions ended to make room at `maxLive`.
+    evicted: std::cell::Cell<u64>,
 }
 
 fn backends(config: &Config) -> impl Iterator<Item = &crate::config::McpBackend> {
@@ -166,10 +233,12 @@ impl McpWorker {
             worker,
             sessions: RefCell::new(HashMap::new()),
             pools: RefCell::new(HashMap::new()),
+            boards: RefCell::new(HashMap::new()),
             hub,
-            settings: config.mcp.clone(),
+            settings: RefCell::new(config.mcp.clone()),
             live,
             pool_waits: std::cell::Cell::new(0),
+            evicted: std::cell::Cell::new(0),
         });
         for m in backends(config) {
             let pool = me.new_pool(m);
@@ -178,15 +247,19 @@ impl McpWorker {
         me
     }
 
-    fn new_pool(&self, m: &crate::config::McpBackend) -> Rc<Pool> {
-        let s = &self.settings;
-        let cfg = PoolConfig {
+    fn pool_config(&self) -> PoolConfig {
+        let s = self.settings.borrow();
+        PoolConfig {
             min_idle: s.min_idle,
             max_live: s.max_live,
             max_line_bytes: s.max_line_bytes,
             stop_grace: s.stop_grace,
             ..PoolConfig::default()
-        };
+        }
+    }
+
+    fn new_pool(&self, m: &crate::config::McpBackend) -> Rc<Pool> {
+        let cfg = self.pool_config();
         let mut env = m.env.clone();
         // A child's stdin is a socket, not a terminal, and npx then refuses to
         // fetch a package it has not cached unless told yes; the seed config
@@ -203,18 +276,29 @@ impl McpWorker {
             args: m.args.clone(),
             env,
         };
-        Pool::new(
+        let pool = Pool::new(
             spec,
             cfg,
             self.live.clone(),
             format!("{}/w{}", m.target, self.worker),
-        )
+        );
+        let board = self.hub.board(&m.key());
+        pool.publish_idle(board.clone(), self.worker);
+        self.boards.borrow_mut().insert(m.key(), board);
+        pool
     }
 
     /// Applies a reloaded config: pools of unchanged targets (and their
     /// sessions) stay; new targets get a pool; sessions and pools of targets
-    /// that are gone end.
+    /// that are gone end. `config.mcp` applies to sessions created from now
+    /// on (request timeout, buffered messages), to every pool (minIdle,
+    /// maxLive, line limit, stop grace) and to the idle sweep (TTL).
     pub fn reload(self: &Rc<Self>, config: &Config) {
+        *self.settings.borrow_mut() = config.mcp.clone();
+        let cfg = self.pool_config();
+        for p in self.pools.borrow().values() {
+            p.reconfigure(cfg.clone());
+        }
         let wanted: HashMap<String, &crate::config::McpBackend> =
             backends(config).map(|m| (m.key(), m)).collect();
         let mut pools = self.pools.borrow_mut();
@@ -227,6 +311,7 @@ impl McpWorker {
             if let Some(p) = pools.remove(&k) {
                 monoio::spawn(async move { p.shutdown().await });
             }
+            self.boards.borrow_mut().remove(&k);
             let ended: Vec<Rc<Session>> = self
                 .sessions
                 .borrow()
@@ -272,26 +357,67 @@ impl McpWorker {
     pub async fn dispatch(self: &Rc<Self>, job: Job, reply: flume::Receiver<Reply>) -> Reply {
         match owner_of(&job.session) {
             Some(w) if w == self.worker => self.run_job(job).await,
-            Some(w) if w < self.hub.inboxes.len() => {
-                if self.hub.inboxes[w].send(job).is_err() {
-                    return Reply::Status(503, "worker unavailable");
+            Some(w) if w < self.hub.inboxes.len() => match self.hub.inboxes[w].try_send(job) {
+                Ok(()) => {}
+                Err(flume::TrySendError::Full(_)) => {
+                    return Reply::Status(503, "session owner busy")
                 }
-            }
+                Err(flume::TrySendError::Disconnected(_)) => {
+                    return Reply::Status(503, "worker unavailable")
+                }
+            },
             _ => return Reply::Status(404, "session not found"),
         }
-        // The owner always replies without waiting on the child.
-        match monoio::time::timeout(Duration::from_secs(5), reply.recv_async()).await {
+        // The owner replies without waiting on the child; the bound only
+        // covers a worker that stopped running altogether.
+        match monoio::time::timeout(self.reply_bound(), reply.recv_async()).await {
             Ok(Ok(r)) => r,
             _ => Reply::Status(503, "session owner did not answer"),
         }
     }
 
-    async fn run_job(self: &Rc<Self>, job: Job) {
-        let reply = self.answer(&job).await;
-        let _ = job.reply.send(reply);
+    /// How long a hand-off waits for the owner's reply: a safety net, never
+    /// reached while the owner runs (it answers without waiting on children).
+    fn reply_bound(&self) -> Duration {
+        let s = self.settings.borrow();
+        s.request_timeout + 2 * s.stop_grace
     }
 
-    async fn answer(self: &Rc<Self>, job: &Job) -> Reply {
+    async fn run_job(self: &Rc<Self>, job: Job) {
+        let reply_to = job.reply.clone();
+        let reply = match job.op {
+            Op::Initialize { messages } => {
+                match self.create(job.backend, job.identity, messages).await {
+                    Ok((id, rx)) => Reply::Created(id, rx),
+                    Err(r) => r,
+                }
+            }
+            Op::OldestIdle => Reply::OldestIdle(self.lru_idle().map(|(t, _)| t)),
+            Op::Evict => Reply::Evicted(self.evict_lru().await),
+            _ => self.answer(job).await,
+        };
+        let _ = reply_to.send(reply);
+    }
+
+    /// Sends a job of `op` to worker `w` and waits for its reply.
+    async fn ask(&self, w: usize, op: Op, backend: &str, identity: &str) -> Option<Reply> {
+        let (tx, rx) = flume::bounded(1);
+        let job = Job {
+            session: String::new(),
+            identity: identity.to_string(),
+            backend: backend.to_string(),
+            version_header: None,
+            op,
+            reply: tx,
+        };
+        self.hub.inboxes.get(w)?.try_send(job).ok()?;
+        monoio::time::timeout(self.reply_bound(), rx.recv_async())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    async fn answer(self: &Rc<Self>, job: Job) -> Reply {
         let session = self.sessions.borrow().get(job.session.as_str()).cloned();
         let Some(session) = session
             .filter(|s| s.identity == job.identity && s.backend == job.backend && !s.is_ended())
@@ -307,24 +433,27 @@ impl McpWorker {
                 return Reply::Status(400, "Bad Request: unsupported MCP-Protocol-Version");
             }
         }
-        match &job.op {
+        match job.op {
             Op::Post {
                 messages,
                 batch,
                 authz,
             } => {
-                if *batch && negotiated.as_str() > LAST_BATCH_VERSION {
+                if batch && negotiated.as_str() > LAST_BATCH_VERSION {
                     return Reply::Status(
                         400,
                         "Bad Request: batches are not supported by this protocol version",
                     );
                 }
-                match session.post(messages, authz.as_ref()).await {
+                match session.post(messages, authz.as_ref()) {
                     Ok(Some(rx)) => Reply::Stream(rx),
                     Ok(None) => Reply::Accepted,
                     Err(PostError::Ended) => Reply::Status(404, "session not found"),
                     Err(PostError::DuplicateId) => {
                         Reply::Status(400, "Bad Request: request id already in flight")
+                    }
+                    Err(PostError::Busy) => {
+                        Reply::Status(503, "MCP server is not reading its input")
                     }
                 }
             }
@@ -336,38 +465,177 @@ impl McpWorker {
                 self.remove(&session, "deleted by client");
                 Reply::Deleted
             }
+            Op::Initialize { .. } | Op::OldestIdle | Op::Evict => {
+                Reply::Status(500, "misrouted job")
+            }
         }
     }
 
-    /// Creates a session on this worker for an `initialize` request.
+    /// Where an `initialize` for `backend` can get a child now.
+    fn place(&self, backend: &str) -> Place {
+        let Some(pool) = self.pools.borrow().get(backend).cloned() else {
+            return Place::Here;
+        };
+        if pool.idle() > 0 {
+            return Place::Here;
+        }
+        let boards = self.boards.borrow();
+        let elsewhere = boards.get(backend).and_then(|b| {
+            let n = b.len();
+            // Start after this worker, so hand-offs spread.
+            (1..n)
+                .map(|i| (self.worker + i) % n)
+                .find(|w| b[*w].load(std::sync::atomic::Ordering::Acquire) > 0)
+        });
+        if let Some(w) = elsewhere {
+            return Place::Worker(w);
+        }
+        self.pool_waits.set(self.pool_waits.get() + 1);
+        if pool.live() < pool.config().max_live {
+            Place::Here
+        } else {
+            Place::Full
+        }
+    }
+
+    /// Creates a session for an `initialize` request: with an idle child of
+    /// this worker, else of another worker (the session then lives there),
+    /// else a new child; at `maxLive`, after evicting the least recently
+    /// used idle session of any worker.
     pub async fn initialize(
         self: &Rc<Self>,
         backend: String,
         identity: String,
-        messages: &[Message],
+        messages: Vec<Message>,
     ) -> Result<(String, flume::Receiver<Vec<u8>>), Reply> {
-        let Some(pool) = self.pools.borrow().get(&backend).cloned() else {
-            return Err(Reply::Status(503, "MCP target not available"));
-        };
-        if pool.idle() == 0 {
-            self.pool_waits.set(self.pool_waits.get() + 1);
+        let mut evicted = false;
+        // A slot freed by an eviction may go to another worker's refill
+        // first: then that worker has an idle child, found on the next pass.
+        let mut passes = 0;
+        loop {
+            passes += 1;
+            match self.place(&backend) {
+                Place::Here => match self.take_child(&backend).await {
+                    Ok(c) => return self.start_session(c, backend, identity, messages),
+                    Err(None) if passes < 4 => continue,
+                    Err(r) => return Err(r.unwrap_or(Reply::Status(503, NO_SERVER))),
+                },
+                Place::Worker(w) => {
+                    let op = Op::Initialize { messages };
+                    return match self.ask(w, op, &backend, &identity).await {
+                        Some(Reply::Created(id, rx)) => Ok((id, rx)),
+                        Some(r) => Err(r),
+                        None => Err(Reply::Status(503, NO_SERVER)),
+                    };
+                }
+                Place::Full if !evicted && self.make_room().await => evicted = true,
+                Place::Full => return Err(Reply::Status(503, NO_SERVER)),
+            }
         }
-        // Before taking a child, so a failure leaves the pool as it was.
+    }
+
+    /// This worker's least recently used idle session, and when it was
+    /// last active.
+    fn lru_idle(&self) -> Option<(Instant, Rc<Session>)> {
+        self.sessions
+            .borrow()
+            .values()
+            .filter(|s| !s.is_ended())
+            .filter_map(|s| s.idle_since().map(|t| (t, s.clone())))
+            .min_by_key(|(t, _)| *t)
+    }
+
+    /// Ends this worker's least recently used idle session and waits until
+    /// its child is gone (its live slot is then free). False if none is idle.
+    async fn evict_lru(&self) -> bool {
+        let Some((since, s)) = self.lru_idle() else {
+            return false;
+        };
+        self.sessions.borrow_mut().remove(&s.id);
+        self.evicted.set(self.evicted.get() + 1);
+        info!(
+            session = &*s.id,
+            idle_ms = since.elapsed().as_millis() as u64,
+            "session evicted"
+        );
+        s.end("evicted to make room for a new session");
+        let grace = self.settings.borrow().stop_grace;
+        let status = s.handle().stop(grace).await;
+        info!(session = &*s.id, ?status, "MCP server stopped");
+        true
+    }
+
+    /// At `maxLive`: evicts the least recently used idle session of all
+    /// workers. Each worker names its own oldest; the oldest of those is
+    /// evicted (or, if it became busy meanwhile, the next).
+    async fn make_room(self: &Rc<Self>) -> bool {
+        let mut oldest: Vec<(Instant, usize)> = Vec::new();
+        if let Some((t, _)) = self.lru_idle() {
+            oldest.push((t, self.worker));
+        }
+        for w in (0..self.hub.inboxes.len()).filter(|w| *w != self.worker) {
+            if let Some(Reply::OldestIdle(Some(t))) = self.ask(w, Op::OldestIdle, "", "").await {
+                oldest.push((t, w));
+            }
+        }
+        oldest.sort();
+        for (_, w) in oldest {
+            let done = if w == self.worker {
+                self.evict_lru().await
+            } else {
+                matches!(
+                    self.ask(w, Op::Evict, "", "").await,
+                    Some(Reply::Evicted(true))
+                )
+            };
+            if done {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Creates a session on this worker, with an idle child or a new one.
+    async fn create(
+        self: &Rc<Self>,
+        backend: String,
+        identity: String,
+        messages: Vec<Message>,
+    ) -> Result<(String, flume::Receiver<Vec<u8>>), Reply> {
+        match self.take_child(&backend).await {
+            Ok(child) => self.start_session(child, backend, identity, messages),
+            Err(_) => Err(Reply::Status(503, NO_SERVER)),
+        }
+    }
+
+    /// A child of this worker's pool for `backend`. `Err(None)`: `maxLive`
+    /// reached; `Err(Some(reply))`: the refusal to give.
+    async fn take_child(&self, backend: &str) -> Result<crate::pool::Child, Option<Reply>> {
+        let Some(pool) = self.pools.borrow().get(backend).cloned() else {
+            return Err(Some(Reply::Status(503, "MCP target not available")));
+        };
+        match pool.take().await {
+            Ok(c) => Ok(c),
+            Err(PoolError::Exhausted { .. }) => Err(None),
+            Err(e) => {
+                warn!(error = %e, "cannot start MCP server");
+                Err(Some(Reply::Status(503, "MCP server failed to start")))
+            }
+        }
+    }
+
+    fn start_session(
+        self: &Rc<Self>,
+        child: crate::pool::Child,
+        backend: String,
+        identity: String,
+        messages: Vec<Message>,
+    ) -> Result<(String, flume::Receiver<Vec<u8>>), Reply> {
         let id = match new_session_id(self.worker) {
             Ok(id) => id,
             Err(e) => {
                 warn!(error = %e, "no randomness for a session id (getrandom)");
                 return Err(Reply::Status(503, "cannot create a session"));
-            }
-        };
-        let child = match pool.take().await {
-            Ok(c) => c,
-            Err(PoolError::Exhausted { .. }) => {
-                return Err(Reply::Status(503, "no MCP server available"))
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot start MCP server");
-                return Err(Reply::Status(503, "MCP server failed to start"));
             }
         };
         let (handle, writer, reader) = child.into_parts();
@@ -378,8 +646,8 @@ impl McpWorker {
             backend,
             writer,
             handle,
-            self.settings.max_buffered_messages,
-            self.settings.request_timeout,
+            self.settings.borrow().max_buffered_messages,
+            self.settings.borrow().request_timeout,
         );
         self.sessions
             .borrow_mut()
@@ -394,7 +662,7 @@ impl McpWorker {
         monoio::spawn(session::read_child(session.clone(), reader, move || {
             me.remove(&s2, "MCP server ended")
         }));
-        match session.post(messages, None).await {
+        match session.post(messages, None) {
             Ok(Some(rx)) => Ok((id, rx)),
             _ => {
                 self.remove(&session, "MCP server did not take initialize");
@@ -409,7 +677,7 @@ impl McpWorker {
         session.end(reason);
         if removed {
             let s = session.clone();
-            let grace = self.settings.stop_grace;
+            let grace = self.settings.borrow().stop_grace;
             monoio::spawn(async move {
                 let status = s.handle().stop(grace).await;
                 info!(session = &*s.id, ?status, "MCP server stopped");
@@ -421,11 +689,15 @@ impl McpWorker {
     /// sessions that ended without their child exiting (a child that stopped
     /// reading its input, an initialize that timed out).
     async fn sweep_idle(self: Rc<Self>) {
-        let ttl = self.settings.session_idle_timeout;
-        let every = (ttl / 4)
-            .min(self.settings.request_timeout / 10)
-            .clamp(Duration::from_millis(10), Duration::from_secs(1));
         loop {
+            // Read each pass: a reload may change them.
+            let (ttl, every) = {
+                let s = self.settings.borrow();
+                let every = (s.session_idle_timeout / 4)
+                    .min(s.request_timeout / 10)
+                    .clamp(Duration::from_millis(10), Duration::from_secs(1));
+                (s.session_idle_timeout, every)
+            };
             monoio::time::sleep(every).await;
             let now = Instant::now();
             let all: Vec<Rc<Session>> = self.sessions.borrow().values().cloned().collect();
@@ -442,7 +714,7 @@ impl McpWorker {
     /// Ends every session and stops every child, all at once (shutdown).
     pub async fn shutdown(&self) {
         let all: Vec<Rc<Session>> = self.sessions.borrow_mut().drain().map(|(_, s)| s).collect();
-        let grace = self.settings.stop_grace;
+        let grace = self.settings.borrow().stop_grace;
         let stops: Vec<_> = all
             .into_iter()
             .map(|s| {
@@ -479,12 +751,21 @@ impl McpWorker {
     pub fn fill_snapshot(&self, snap: &mut crate::stats::Snapshot) {
         snap.sessions = self.sessions.borrow().len() as u64;
         snap.pool_waits = self.pool_waits.get();
+        snap.sessions_evicted = self.evicted.get();
+        snap.idle_sessions = self
+            .sessions
+            .borrow()
+            .values()
+            .filter(|s| s.idle_since().is_some())
+            .count() as u64;
         for p in self.pools.borrow().values() {
             let st = p.stats();
             snap.pools.push(crate::stats::PoolFigures {
                 target: p.label().to_string(),
                 idle: p.idle(),
                 min_idle: p.config().min_idle,
+                max_live: p.config().max_live,
+                backing_off: p.backing_off(),
                 spawned: st.spawned,
                 spawn_failures: st.spawn_failures,
                 exits: vec![

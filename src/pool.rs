@@ -6,6 +6,10 @@
 //! only the count of live children is shared (`Arc<AtomicUsize>`), because
 //! `max_live` bounds the whole process.
 //!
+//! Each pool publishes its idle count in a slot of an [`IdleBoard`] shared by
+//! the pools of the same target on every worker, so a worker without an
+//! idle child can find one that has (see `mcp::McpWorker::initialize`).
+//!
 //! A refill task keeps `min_idle` children ready. Spawn failures (command not
 //! found, or children that die before [`HEALTHY_AFTER_MS`]) back off
 //! exponentially and are logged once per step; while backing off after
@@ -57,6 +61,10 @@ pub const IDLE_CHECK_MS: u64 = 1000;
 /// command that exits at once is noticed (and backed off) quickly.
 pub const PROBATION_CHECK_MS: u64 = 100;
 
+/// Idle children of one target, one slot per worker; each worker's pool
+/// writes only its own slot.
+pub type IdleBoard = Arc<[AtomicUsize]>;
+
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     /// Children kept spawned and unused, per worker.
@@ -72,23 +80,22 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
-    pub const DEFAULT_MIN_IDLE: usize = 1;
-    pub const DEFAULT_MAX_LIVE: usize = 64;
-    pub const DEFAULT_SPAWN_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-    pub const DEFAULT_SPAWN_BACKOFF_MAX: Duration = Duration::from_secs(10);
-    pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
-    pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(2);
+    /// Spawn backoff is not configurable; the rest comes from `config.mcp`.
+    pub const SPAWN_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+    pub const SPAWN_BACKOFF_MAX: Duration = Duration::from_secs(10);
 }
 
+/// `config.mcp`'s defaults: they are defined once, in `config`.
 impl Default for PoolConfig {
     fn default() -> Self {
+        let mcp = crate::config::McpSettings::default();
         PoolConfig {
-            min_idle: Self::DEFAULT_MIN_IDLE,
-            max_live: Self::DEFAULT_MAX_LIVE,
-            spawn_backoff_initial: Self::DEFAULT_SPAWN_BACKOFF_INITIAL,
-            spawn_backoff_max: Self::DEFAULT_SPAWN_BACKOFF_MAX,
-            max_line_bytes: Self::DEFAULT_MAX_LINE_BYTES,
-            stop_grace: Self::DEFAULT_STOP_GRACE,
+            min_idle: mcp.min_idle,
+            max_live: mcp.max_live,
+            spawn_backoff_initial: Self::SPAWN_BACKOFF_INITIAL,
+            spawn_backoff_max: Self::SPAWN_BACKOFF_MAX,
+            max_line_bytes: mcp.max_line_bytes,
+            stop_grace: mcp.stop_grace,
         }
     }
 }
@@ -129,7 +136,8 @@ pub struct PoolStats {
 /// (SIGKILL, no grace) and leaves them to [`reap_orphans`].
 pub struct Pool {
     spec: ChildSpec,
-    cfg: PoolConfig,
+    /// Replaced by a reload ([`Pool::reconfigure`]).
+    cfg: RefCell<PoolConfig>,
     live: Arc<AtomicUsize>,
     label: Rc<str>,
     idle: RefCell<VecDeque<Child>>,
@@ -149,6 +157,8 @@ pub struct Pool {
     landed: RefCell<Vec<Waker>>,
     started: Cell<bool>,
     shut: Cell<bool>,
+    /// Where the idle count is published, and this pool's slot in it.
+    board: RefCell<Option<(IdleBoard, usize)>>,
 }
 
 impl Pool {
@@ -160,7 +170,7 @@ impl Pool {
     ) -> Rc<Pool> {
         Rc::new(Pool {
             spec,
-            cfg,
+            cfg: RefCell::new(cfg),
             live,
             label: Rc::from(label),
             idle: RefCell::new(VecDeque::new()),
@@ -176,7 +186,26 @@ impl Pool {
             landed: RefCell::new(Vec::new()),
             started: Cell::new(false),
             shut: Cell::new(false),
+            board: RefCell::new(None),
         })
+    }
+
+    /// Publishes this pool's idle count in `board[slot]` from now on.
+    pub fn publish_idle(&self, board: IdleBoard, slot: usize) {
+        *self.board.borrow_mut() = Some((board, slot));
+        self.sync_board();
+    }
+
+    fn sync_board(&self) {
+        if let Some((b, i)) = &*self.board.borrow() {
+            b[*i].store(self.idle(), Ordering::Release);
+        }
+    }
+
+    /// True while repeated spawn failures make `take` refuse to spawn.
+    pub fn backing_off(&self) -> bool {
+        self.next_attempt.get().is_some_and(|t| Instant::now() < t)
+            && self.streak.get() >= TAKE_REFUSES_AFTER_FAILURES
     }
 
     /// Starts the refill task on the current monoio runtime. The task holds
@@ -189,6 +218,12 @@ impl Pool {
 
     /// An idle child if one is alive, else a new one if under `max_live`.
     pub async fn take(&self) -> Result<Child, PoolError> {
+        let taken = self.take_inner().await;
+        self.sync_board();
+        taken
+    }
+
+    async fn take_inner(&self) -> Result<Child, PoolError> {
         if self.shut.get() {
             return Err(PoolError::ShutDown);
         }
@@ -241,8 +276,16 @@ impl Pool {
         self.idle.borrow().len()
     }
 
-    pub fn config(&self) -> &PoolConfig {
-        &self.cfg
+    pub fn config(&self) -> PoolConfig {
+        self.cfg.borrow().clone()
+    }
+
+    /// Applies reloaded settings: the next refill keeps the new `min_idle`
+    /// (extra idle children are kept until taken), the next spawn obeys the
+    /// new `max_live`, and new children get the new line limit.
+    pub fn reconfigure(&self, cfg: PoolConfig) {
+        *self.cfg.borrow_mut() = cfg;
+        self.wake.notify();
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -267,7 +310,8 @@ impl Pool {
         self.shut.set(true);
         self.wake.notify();
         let idle: Vec<Child> = self.idle.borrow_mut().drain(..).collect();
-        let grace = self.cfg.stop_grace;
+        self.sync_board();
+        let grace = self.cfg.borrow().stop_grace;
         let stops: Vec<_> = idle
             .into_iter()
             .map(|c| monoio::spawn(async move { c.stop(grace).await }))
@@ -278,12 +322,14 @@ impl Pool {
     }
 
     async fn spawn_one(&self) -> Result<Child, PoolError> {
+        let (max_live, max_line_bytes) = {
+            let cfg = self.cfg.borrow();
+            (cfg.max_live, cfg.max_line_bytes)
+        };
         let slot =
-            LiveSlot::try_acquire(&self.live, self.cfg.max_live).ok_or(PoolError::Exhausted {
-                max_live: self.cfg.max_live,
-            })?;
+            LiveSlot::try_acquire(&self.live, max_live).ok_or(PoolError::Exhausted { max_live })?;
         let opts = SpawnOptions {
-            max_line_bytes: self.cfg.max_line_bytes,
+            max_line_bytes,
             backend: self.label.clone(),
             live: Some(slot),
             exits: Some(self.exits.clone()),
@@ -337,9 +383,10 @@ impl Pool {
         let factor = 1u32.checked_shl(streak - 1).unwrap_or(u32::MAX);
         let delay = self
             .cfg
+            .borrow()
             .spawn_backoff_initial
             .saturating_mul(factor)
-            .min(self.cfg.spawn_backoff_max)
+            .min(self.cfg.borrow().spawn_backoff_max)
             // A zero backoff from config must not turn refill into a hot loop.
             .max(Duration::from_millis(MIN_BACKOFF_MS));
         self.next_attempt.set(Some(Instant::now() + delay));
@@ -370,7 +417,7 @@ impl Pool {
                 return t - now;
             }
         }
-        while self.idle() < self.cfg.min_idle {
+        while self.idle() < self.cfg.borrow().min_idle {
             self.refilling.set(self.refilling.get() + 1);
             let spawned = self.spawn_one().await;
             self.refilling.set(self.refilling.get() - 1);
@@ -380,7 +427,8 @@ impl Pool {
             match spawned {
                 Ok(c) if self.shut.get() => {
                     // Shut down while it was being spawned.
-                    c.stop(self.cfg.stop_grace).await;
+                    let grace = self.cfg.borrow().stop_grace;
+                    c.stop(grace).await;
                     break;
                 }
                 Ok(c) => {
@@ -412,7 +460,9 @@ async fn refill_loop(pool: Weak<Pool>, wake: Rc<Notify>) {
             if pool.shut.get() {
                 return;
             }
-            pool.refill(Instant::now()).await
+            let pause = pool.refill(Instant::now()).await;
+            pool.sync_board();
+            pause
         };
         // Woken early by `take` or `shutdown`.
         let _ = monoio::time::timeout(pause, wake.notified()).await;

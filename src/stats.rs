@@ -224,6 +224,9 @@ pub struct PoolFigures {
     pub target: String,
     pub idle: usize,
     pub min_idle: usize,
+    pub max_live: usize,
+    /// Spawns failing: `initialize` is refused until the backoff ends.
+    pub backing_off: bool,
     pub spawned: u64,
     pub spawn_failures: u64,
     /// Exits by cause.
@@ -252,6 +255,10 @@ pub struct Snapshot {
     pub mcp_authz: Vec<(String, [u64; 3])>,
     pub connections: u64,
     pub sessions: u64,
+    /// Sessions with no request in flight and no open GET stream.
+    pub idle_sessions: u64,
+    /// Idle sessions ended to make room at `maxLive`.
+    pub sessions_evicted: u64,
     pub pools: Vec<PoolFigures>,
     pub draining: bool,
 }
@@ -291,6 +298,7 @@ pub fn render(snaps: &[Snapshot], live_children: usize) -> String {
         total.refused[1] += s.refused[1];
         total.connections += s.connections;
         total.sessions += s.sessions;
+        total.sessions_evicted += s.sessions_evicted;
         for p in &s.pools {
             total.pools.push(p.clone());
             for (cause, n) in &p.exits {
@@ -427,6 +435,17 @@ pub fn render(snaps: &[Snapshot], live_children: usize) -> String {
         "Live MCP sessions.",
     );
     let _ = writeln!(o, "ringgate_mcp_sessions {}", total.sessions);
+    head(
+        &mut o,
+        "ringgate_mcp_sessions_evicted_total",
+        "counter",
+        "Idle MCP sessions ended to make room for a new one at maxLive.",
+    );
+    let _ = writeln!(
+        o,
+        "ringgate_mcp_sessions_evicted_total {}",
+        total.sessions_evicted
+    );
     head(
         &mut o,
         "ringgate_children_live",

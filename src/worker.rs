@@ -329,6 +329,7 @@ async fn control_loop(worker: Rc<Worker>, control: flume::Receiver<Control>) {
                 Ok(gen) => {
                     worker.mcp.reload(&config);
                     *worker.generation.borrow_mut() = gen;
+                    info!(worker = worker.id.0, "config applied");
                 }
                 Err(e) => error!(worker = worker.id.0, error = %e, "reload failed on this worker"),
             },

@@ -2,7 +2,7 @@
 //! tailscaled answers a different `CapMap` for each caller, ringgate runs
 //! `config/mcp-grants.yaml` (the worked example), the official Python SDK
 //! calls from each caller's loopback address, and the real server-everything
-//! runs behind a tap that records every line it is sent.
+//! runs behind `tests/peers/stdio_tap.py`, which records every line it is sent.
 
 mod support;
 
@@ -18,8 +18,8 @@ use support::*;
 const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
 const TRY: &str = "echo,get-sum,get-env";
 
-/// `config/mcp-grants.yaml` on loopback, against the fake daemon, with the
-/// child wrapped in the stdin tap.
+/// `config/mcp-grants.yaml` on loopback, against the fake daemon, with every
+/// child wrapped in the stdio tap (its log: `<tap_dir>/child.in`).
 fn grants_config(fake: &FakeTailscaled, tap_dir: &Path) -> String {
     let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -27,8 +27,8 @@ fn grants_config(fake: &FakeTailscaled, tap_dir: &Path) -> String {
     ))
     .unwrap();
     let args = format!(
-        "[\"{PEERS}/stdin_tap.py\", \"--log-dir\", \"{}\", \"--\", \"node\", \"{}\"]",
-        tap_dir.display(),
+        "[\"{PEERS}/stdio_tap.py\", \"{}\", \"node\", \"{}\"]",
+        tap_dir.join("child").display(),
         server_js()
     );
     let out = example
@@ -37,17 +37,19 @@ fn grants_config(fake: &FakeTailscaled, tap_dir: &Path) -> String {
         .replace("cmd: npx", "cmd: python3")
         .replace("[\"@modelcontextprotocol/server-everything\"]", &args);
     assert!(
-        out.contains("- port: 0") && out.contains("stdin_tap.py"),
+        out.contains("- port: 0") && out.contains("stdio_tap.py"),
         "the example changed shape"
     );
     format!("config:\n  workerThreads: 2\n  mcp: {{stopGrace: 500ms}}\n{out}")
 }
 
-fn python_client(url: &str, src: &str, message: &str) -> Value {
+/// The SDK from `src`; `message` and `a` mark its echo and get-sum calls.
+fn python_client(url: &str, src: &str, message: &str, a: u32) -> Value {
     let out = Command::new(format!("{PEERS}/.venv/bin/python"))
         .arg(format!("{PEERS}/mcp_client.py"))
         .args(["--url", url, "--source-ip", src, "--scenario", "authz"])
         .args(["--try-tools", TRY, "--message", message, "--timeout", "60"])
+        .args(["--a", &a.to_string()])
         .output()
         .expect("run the Python MCP client (tests/peers/setup.sh installs it)");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -67,21 +69,36 @@ fn names(v: &Value) -> BTreeSet<String> {
         .collect()
 }
 
-/// The `method` and `params.name` of every line the session's child was sent.
-fn child_received(p: &Proxy, tap_dir: &Path, session: &str) -> Vec<(String, Option<String>)> {
-    let started = p
-        .wait_log(|l| l.contains("session started") && l.contains(session))
-        .expect("session start logged");
-    let pid = field(&started, "pid").expect("pid logged");
-    let text = std::fs::read_to_string(tap_dir.join(format!("stdin-{pid}.log")))
-        .expect("the tap logged the session's child");
+/// Every line the children were sent (all sessions share the tap's log).
+fn children_received(tap_dir: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(tap_dir.join("child.in")).unwrap_or_default();
     text.lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).expect("one JSON message per line");
-            let method = v["method"].as_str().unwrap_or("(response)").to_string();
-            (method, v["params"]["name"].as_str().map(str::to_string))
+        .map(|l| serde_json::from_str(l).expect("one JSON message per line"))
+        .collect()
+}
+
+/// The `tools/call`s among `lines`: the tool, and what marks its caller
+/// (echo's message, get-sum's `a`).
+fn tool_calls(lines: &[Value]) -> BTreeSet<String> {
+    lines
+        .iter()
+        .filter(|v| v["method"] == "tools/call")
+        .map(|v| {
+            let args = &v["params"]["arguments"];
+            let mark = match (&args["message"], &args["a"]) {
+                (Value::String(m), _) => m.clone(),
+                (_, Value::Number(a)) => a.to_string(),
+                _ => String::new(),
+            };
+            format!("{} {mark}", v["params"]["name"].as_str().unwrap_or("?"))
+                .trim_end()
+                .to_string()
         })
         .collect()
+}
+
+fn count(lines: &[Value], method: &str) -> usize {
+    lines.iter().filter(|v| v["method"] == method).count()
 }
 
 fn set(items: &[&str]) -> BTreeSet<String> {
@@ -114,9 +131,9 @@ fn each_caller_sees_and_calls_exactly_its_grant() {
     let p = Proxy::start(&grants_config(&fake, tap.path()), &[]);
     let url = format!("http://{}/mcp", p.addr());
 
-    let alice = python_client(&url, "127.0.0.2", "from alice");
-    let ci = python_client(&url, "127.0.0.3", "from ci");
-    let bob = python_client(&url, "127.0.0.4", "from bob");
+    let alice = python_client(&url, "127.0.0.2", "from alice", 2);
+    let ci = python_client(&url, "127.0.0.3", "from ci", 20);
+    let bob = python_client(&url, "127.0.0.4", "from bob", 200);
     for v in [&alice, &ci, &bob] {
         assert_eq!(v["ok"], true, "{v:#}");
         // The example's rule names only tools.
@@ -170,22 +187,20 @@ fn each_caller_sees_and_calls_exactly_its_grant() {
 
     // The children saw every allowed call and none of the refused ones; list
     // requests reached them (their answers were filtered on the way back).
-    for (v, reached) in [
-        (&alice, &["echo", "get-sum"][..]),
-        (&ci, &["echo", "get-sum", "get-env"][..]),
-        (&bob, &[][..]),
-    ] {
-        let sid = v["session_id"].as_str().expect("session id");
-        let lines = child_received(&p, tap.path(), sid);
-        let called: BTreeSet<String> = lines
-            .iter()
-            .filter(|(m, _)| m == "tools/call")
-            .filter_map(|(_, n)| n.clone())
-            .collect();
-        assert_eq!(called, set(reached), "{sid}: {lines:?}");
-        for list in ["tools/list", "prompts/list", "resources/list"] {
-            assert!(lines.iter().any(|(m, _)| m == list), "{list}: {lines:?}");
-        }
+    let lines = children_received(tap.path());
+    assert_eq!(
+        tool_calls(&lines),
+        set(&[
+            "echo from alice",
+            "get-sum 2",
+            "echo from ci",
+            "get-sum 20",
+            "get-env"
+        ]),
+        "{lines:#?}"
+    );
+    for list in ["tools/list", "prompts/list", "resources/list"] {
+        assert!(count(&lines, list) >= 3, "{list}: {lines:#?}");
     }
 
     // The audit: the decision with the caller, the method and the tool.
@@ -286,14 +301,8 @@ fn a_batch_holds_back_only_what_is_refused() {
         .collect();
     assert_eq!(listed, set(&["echo", "get-sum"]));
 
-    let lines = child_received(&p, tap.path(), &sid);
-    let methods: Vec<&str> = lines.iter().map(|(m, _)| m.as_str()).collect();
-    let called: Vec<_> = lines
-        .iter()
-        .filter(|(m, _)| m == "tools/call")
-        .map(|(_, n)| n.clone())
-        .collect();
-    assert_eq!(called, [Some("echo".to_string())], "{lines:?}");
-    assert!(methods.contains(&"tools/list"), "{methods:?}");
-    assert!(!methods.contains(&"resources/read"), "{methods:?}");
+    let lines = children_received(tap.path());
+    assert_eq!(tool_calls(&lines), set(&["echo batched"]), "{lines:#?}");
+    assert_eq!(count(&lines, "tools/list"), 1, "{lines:#?}");
+    assert_eq!(count(&lines, "resources/read"), 0, "{lines:#?}");
 }

@@ -96,6 +96,7 @@ fn sigterm_lets_a_long_call_finish_then_exits_0_leaving_no_child() {
         .parse()
         .unwrap();
     let addr = p.addr();
+    let (in_flight, started) = std::sync::mpsc::channel();
     let call = std::thread::spawn(move || {
         let body = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{
             "name":"trigger-long-running-operation","arguments":{"duration":2,"steps":2},
@@ -103,9 +104,13 @@ fn sigterm_lets_a_long_call_finish_then_exits_0_leaving_no_child() {
         .to_string();
         let mut s = connect_from("127.0.0.2", addr);
         write!(s, "POST /mcp HTTP/1.1\r\nHost: gw\r\nAccept: {ACCEPT}\r\nContent-Type: application/json\r\nMcp-Session-Id: {sid}\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-        read_response(&mut std::io::BufReader::new(s)).expect("the call's answer")
+        let mut r = std::io::BufReader::new(s);
+        // The stream's head: the call is in flight.
+        std::io::BufRead::fill_buf(&mut r).expect("the stream opens");
+        in_flight.send(()).unwrap();
+        read_response(&mut r).expect("the call's answer")
     });
-    std::thread::sleep(Duration::from_millis(400));
+    started.recv().expect("the call is in flight");
     p.signal(libc::SIGTERM);
     p.wait_log(|l| l.contains("draining"))
         .expect("drain logged");
@@ -236,4 +241,46 @@ fn sighup_reload_keeps_serving_on_a_bad_config_and_serves_a_new_route() {
         .as_str()
         .unwrap()
         .contains("still here"));
+}
+
+#[test]
+fn sighup_applies_a_new_request_timeout_to_new_sessions() {
+    use support::mcp as m;
+    let yaml = |timeout: &str| {
+        format!(
+            "config:\n  mcp: {{minIdle: 1, stopGrace: 300ms, requestTimeout: {timeout}}}\nbinds:\n- port: 0\n  address: 127.0.0.1\n  listeners:\n  - routes:\n{}",
+            m::mcp_route("fault", "/fault", "python3", &[&m::fault_script(), "hang"])
+        )
+    };
+    // 30 s: a call that hangs would outlast the client's read timeout.
+    let p = Proxy::start(&yaml("30s"), &["--threads", "2"]);
+    // The new timeout also bounds the new session's initialize: let both
+    // workers' idle children finish starting first.
+    p.wait_log_nth(1, |l| l.contains("fault-server: mode hang"))
+        .expect("idle children up");
+    // 3 s: short of the client's read timeout, long enough for initialize.
+    p.rewrite_config(&yaml("3s"));
+    p.signal(libc::SIGHUP);
+    p.wait_log(|l| l.contains("config reloaded"))
+        .expect("reloaded");
+    p.wait_log_nth(1, |l| l.contains("config applied"))
+        .expect("both workers applied it");
+
+    let sid = m::initialize(&p, "127.0.0.2", "/fault");
+    let r = m::call(&p, "127.0.0.2", "/fault", &sid, 5, "stall", json!({}));
+    assert_eq!(r.status, 200);
+    let events = r.events();
+    assert_eq!(
+        events.last().unwrap()["error"]["code"],
+        -32001,
+        "{events:?}"
+    );
+    let line = p
+        .wait_log(|l| l.contains("MCP request timed out") && l.contains(&sid))
+        .expect("the timeout is logged");
+    assert_eq!(
+        field(&line, "timeout_ms").as_deref(),
+        Some("3000"),
+        "{line}"
+    );
 }

@@ -86,11 +86,33 @@ fn a_whois_daemon_restarting_mid_load_lets_nobody_in_wrongly() {
         })
         .collect();
 
-    std::thread::sleep(Duration::from_millis(500));
+    // Whether some request from `who`, started after `since`, got `status`.
+    let seen = |who: &str, since: Instant, status: u16| {
+        samples
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|x| x.who == who && x.at > since && x.status == status)
+    };
+    let began = Instant::now();
+    assert!(
+        wait_until(WAIT, || seen(ALICE, began, 200)
+            && seen(STRANGER, began, 403)),
+        "the load flows"
+    );
     // The daemon stops: connections closed, socket file removed.
     let stopped = Instant::now();
     drop(first);
-    std::thread::sleep(Duration::from_millis(600));
+    // The outage is seen: requests started once every cached answer had
+    // expired have been answered (refused: nobody can vouch for them).
+    assert!(
+        wait_until(WAIT, || [ALICE, BOB].iter().all(|who| seen(
+            who,
+            stopped + 2 * TTL,
+            403
+        ))),
+        "requests answered while no daemon runs"
+    );
     // A new daemon on the same path; Bob left the tailnet, Carol joined.
     let restarting = Instant::now();
     let second = FakeTailscaled::builder()
@@ -106,7 +128,10 @@ fn a_whois_daemon_restarting_mid_load_lets_nobody_in_wrongly() {
         };
         ok_since(ALICE) && ok_since(CAROL)
     });
-    std::thread::sleep(Duration::from_millis(1000));
+    // The load goes on until the new daemon's refusals are seen too.
+    let refusals_seen = wait_until(WAIT, || {
+        seen(BOB, restarted, 403) && seen(STRANGER, restarted, 403)
+    });
     running.store(false, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
@@ -132,6 +157,10 @@ fn a_whois_daemon_restarting_mid_load_lets_nobody_in_wrongly() {
         second.whois_calls()
     );
     assert!(recovered, "alice and carol are let in by the new daemon");
+    assert!(
+        refusals_seen,
+        "bob and the stranger are refused by the new daemon"
+    );
 
     for s in &samples {
         // Every request answered, with a decision, well within the bounds.

@@ -42,13 +42,15 @@ use limit::Limit;
 use pool::IdleConn;
 use resolve::Resolver;
 
-pub const DEFAULT_TIMEOUT_MS: u64 = 1_000;
+pub use crate::config::{
+    DEFAULT_AUTHZ_MAX_CONNECTIONS as DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_AUTHZ_MAX_WAITING as DEFAULT_MAX_WAITING,
+    DEFAULT_AUTHZ_TIMEOUT_MS as DEFAULT_TIMEOUT_MS,
+};
 pub const DEFAULT_MAX_HEAD_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_IDLE_CONNECTIONS: usize = 8;
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 30_000;
-pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
-pub const DEFAULT_MAX_WAITING: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {

@@ -88,7 +88,7 @@ async fn post(
     match &log.session {
         None if initialize && !batch && messages[0].is_request() => {
             match mcp
-                .initialize(backend.to_string(), identity, &messages)
+                .initialize(backend.to_string(), identity, messages)
                 .await
             {
                 Ok((id, rx)) => {
@@ -155,6 +155,8 @@ fn from_reply(reply: Reply) -> Response {
         Reply::Accepted => Response::new(202),
         Reply::Stream(rx) => sse(rx),
         Reply::Deleted => Response::new(200),
+        Reply::Created(id, rx) => sse(rx).header("mcp-session-id", id),
+        Reply::OldestIdle(_) | Reply::Evicted(_) => Response::text(500, "Internal Server Error"),
     }
 }
 

@@ -11,12 +11,18 @@
 //! A child that exits, or writes a line that is not JSON-RPC, ends the
 //! session: every in-flight request gets a JSON-RPC error at once.
 //!
+//! Writing to the child: [`Session::post`] registers the requests and queues
+//! their lines at once, so the caller answers its client with the stream
+//! without waiting on the child; one writer task per session drains the
+//! queue in order (bounded, [`OUTBOUND_DEPTH`] lines: a full queue is a 503).
+//!
 //! Deadlines: a request the child leaves unanswered for `requestTimeout`
-//! (counted from when it was sent, or from its last progress notification)
+//! (counted from when it was posted, or from its last progress notification)
 //! gets a JSON-RPC error on its stream, and the child gets
 //! `notifications/cancelled` for it; a late answer is dropped. The worker's
 //! sweeper calls [`Session::expire_overdue`]. A child that does not take a
-//! line on its stdin within the same timeout ends the session.
+//! line on its stdin within the same timeout ends the session: its pending
+//! requests get their JSON-RPC error on their streams.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -39,6 +45,10 @@ pub const POST_STREAM_DEPTH: usize = 256;
 /// Ids of timed-out requests remembered per session, so that the child's
 /// late answers are dropped rather than sent to the GET stream.
 const CANCELLED_IDS_KEPT: usize = 64;
+/// Lines queued for a session's child and not yet written. A POST that
+/// does not fit is refused with 503 (the child is not keeping up); this
+/// bounds what a client can park in memory behind a child that does not read.
+pub const OUTBOUND_DEPTH: usize = 256;
 /// JSON-RPC error code of a request that timed out (the code the MCP SDKs use).
 pub const REQUEST_TIMEOUT: i64 = -32001;
 
@@ -69,6 +79,9 @@ struct State {
     ended: bool,
     /// Timed-out request ids whose late answers are to be dropped.
     cancelled: VecDeque<String>,
+    /// Lines for the writer task; `None` once the session ended (the task
+    /// then stops).
+    outbound: Option<flume::Sender<String>>,
 }
 
 pub struct Session {
@@ -77,7 +90,6 @@ pub struct Session {
     pub identity: String,
     /// `McpBackend::key` of the target it runs.
     pub backend: String,
-    writer: ChildWriter,
     handle: ChildHandle,
     state: RefCell<State>,
     max_backlog: usize,
@@ -92,6 +104,8 @@ pub enum PostError {
     Ended,
     /// A request id already in flight in this session.
     DuplicateId,
+    /// The child's input queue is full (it is not reading): retry later.
+    Busy,
 }
 
 impl Session {
@@ -104,11 +118,11 @@ impl Session {
         max_backlog: usize,
         request_timeout: Duration,
     ) -> Rc<Session> {
-        Rc::new(Session {
+        let (tx, rx) = flume::bounded(OUTBOUND_DEPTH);
+        let session = Rc::new(Session {
             id,
             identity,
             backend,
-            writer,
             handle,
             state: RefCell::new(State {
                 pending: HashMap::new(),
@@ -119,11 +133,23 @@ impl Session {
                 protocol: None,
                 ended: false,
                 cancelled: VecDeque::new(),
+                outbound: Some(tx),
             }),
             max_backlog,
             request_timeout,
             overflow: Cell::new(0),
-        })
+        });
+        monoio::spawn(write_child(
+            Rc::downgrade(&session),
+            rx,
+            writer,
+            request_timeout,
+        ));
+        session
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     pub fn handle(&self) -> &ChildHandle {
@@ -146,97 +172,80 @@ impl Session {
         (st.pending.is_empty() && !get_open).then_some(st.last_active)
     }
 
-    /// Sends client messages to the child. Returns the SSE stream for their
-    /// answers when they include requests, `None` when they do not (202).
-    /// Requests `authz` refused are answered on the stream with their error
-    /// and never reach the child.
-    pub async fn post(
+    /// Registers the requests among `messages` and queues every line for
+    /// the child; returns at once. The SSE stream for their answers when
+    /// they include requests, `None` when they do not (202). Requests
+    /// `authz` refused are answered on the stream with their error and
+    /// never reach the child.
+    pub fn post(
         &self,
-        messages: &[Message],
+        messages: Vec<Message>,
         authz: Option<&PostAuthz>,
     ) -> Result<Option<flume::Receiver<Vec<u8>>>, PostError> {
         let refusal = |i: usize| authz.and_then(|a| a.refusal(i));
-        let stream = {
-            let mut st = self.state.borrow_mut();
-            if st.ended {
-                return Err(PostError::Ended);
-            }
-            let now = Instant::now();
-            st.last_active = now;
-            let mut stream = None;
-            for m in messages {
-                if let Kind::Request { id, .. } = &m.kind {
-                    if st.pending.contains_key(id) {
-                        return Err(PostError::DuplicateId);
-                    }
-                }
-            }
-            let mut rx = None;
-            for (i, m) in messages.iter().enumerate() {
-                if let Kind::Request {
-                    id,
-                    progress_token,
-                    method,
-                    ..
-                } = &m.kind
-                {
-                    let s = stream.get_or_insert_with(|| {
-                        // Room for every refusal: they are queued before
-                        // the client has the receiving end.
-                        let (tx, r) = flume::bounded(POST_STREAM_DEPTH.max(messages.len()));
-                        rx = Some(r);
-                        Rc::new(PostStream { tx })
-                    });
-                    if let Some(error) = refusal(i) {
-                        let _ = s.tx.try_send(sse::event(error.as_bytes()));
-                        continue;
-                    }
-                    if let Some(t) = progress_token {
-                        st.progress.insert(t.clone(), id.clone());
-                    }
-                    st.pending.insert(
-                        id.clone(),
-                        Pending {
-                            stream: s.clone(),
-                            progress: progress_token.clone(),
-                            deadline: now + self.request_timeout,
-                            initialize: method == "initialize",
-                            list: authz.and_then(|a| a.list(i)),
-                        },
-                    );
-                }
-            }
-            rx
+        let mut st = self.state.borrow_mut();
+        if st.ended {
+            return Err(PostError::Ended);
+        }
+        let Some(out) = st.outbound.clone() else {
+            return Err(PostError::Ended);
         };
-        for (i, m) in messages.iter().enumerate() {
-            if refusal(i).is_some() {
-                continue;
-            }
-            let sent =
-                monoio::time::timeout(self.request_timeout, self.writer.send(m.line.as_bytes()))
-                    .await;
-            match sent {
-                Ok(Ok(())) => {}
-                // The child is gone: the reader sees its end, fails what is
-                // pending and removes the session.
-                Ok(Err(_)) if self.handle.try_exit().is_some() => return Err(PostError::Ended),
-                // Its stdin is closed or half a line is on it: nothing more
-                // can be framed; the worker's sweeper removes the session.
-                Ok(Err(_)) => {
-                    self.end("MCP server input failed");
-                    return Err(PostError::Ended);
-                }
-                Err(_) => {
-                    warn!(
-                        session = &*self.id,
-                        "MCP server did not read its input in time"
-                    );
-                    self.end("MCP server stopped reading its input");
-                    return Err(PostError::Ended);
+        for m in &messages {
+            if let Kind::Request { id, .. } = &m.kind {
+                if st.pending.contains_key(id) {
+                    return Err(PostError::DuplicateId);
                 }
             }
         }
-        Ok(stream)
+        // All of a POST's lines go, or none (one thread: nothing fills the
+        // queue between this check and the sends below).
+        let forwarded = (0..messages.len())
+            .filter(|&i| refusal(i).is_none())
+            .count();
+        if OUTBOUND_DEPTH - out.len() < forwarded {
+            return Err(PostError::Busy);
+        }
+        let depth = POST_STREAM_DEPTH.max(messages.len());
+        let now = Instant::now();
+        st.last_active = now;
+        let mut stream = None;
+        let mut rx = None;
+        for (i, m) in messages.into_iter().enumerate() {
+            if let Kind::Request {
+                id,
+                progress_token,
+                method,
+                ..
+            } = &m.kind
+            {
+                let s = stream.get_or_insert_with(|| {
+                    // Room for every refusal: they are queued before the
+                    // client has the receiving end.
+                    let (tx, r) = flume::bounded(depth);
+                    rx = Some(r);
+                    Rc::new(PostStream { tx })
+                });
+                if let Some(error) = refusal(i) {
+                    let _ = s.tx.try_send(sse::event(error.as_bytes()));
+                    continue;
+                }
+                if let Some(t) = progress_token {
+                    st.progress.insert(t.clone(), id.clone());
+                }
+                st.pending.insert(
+                    id.clone(),
+                    Pending {
+                        stream: s.clone(),
+                        progress: progress_token.clone(),
+                        deadline: now + self.request_timeout,
+                        initialize: method == "initialize",
+                        list: authz.and_then(|a| a.list(i)),
+                    },
+                );
+            }
+            out.try_send(m.line).expect("room checked above");
+        }
+        Ok(rx)
     }
 
     /// Opens (or replaces) the GET stream and hands it the backlog.
@@ -416,16 +425,14 @@ impl Session {
             self.end("MCP server did not answer initialize in time");
             return true;
         }
-        let writer = self.writer.clone();
-        let limit = self.request_timeout;
-        monoio::spawn(async move {
+        // Behind whatever is queued, in order; dropped if the queue is full
+        // (the child is then not reading, and its session ends soon).
+        let st = self.state.borrow();
+        if let Some(out) = &st.outbound {
             for line in cancels {
-                match monoio::time::timeout(limit, writer.send(line.as_bytes())).await {
-                    Ok(Ok(())) => {}
-                    _ => break,
-                }
+                let _ = out.try_send(line);
             }
-        });
+        }
         false
     }
 
@@ -441,6 +448,7 @@ impl Session {
             st.progress.clear();
             st.get = None;
             st.backlog.clear();
+            st.outbound = None;
             std::mem::take(&mut st.pending)
         };
         info!(
@@ -461,6 +469,40 @@ fn cancelled_line(id: &str) -> String {
     format!(
         r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{id},"reason":"request timed out at the proxy"}}}}"#
     )
+}
+
+/// Writes the session's queued lines to the child, in order, until the
+/// session ends. A child that does not take a line within `limit` ends the
+/// session (its pending requests get their JSON-RPC error).
+async fn write_child(
+    session: std::rc::Weak<Session>,
+    lines: flume::Receiver<String>,
+    writer: ChildWriter,
+    limit: Duration,
+) {
+    while let Ok(line) = lines.recv_async().await {
+        let sent = monoio::time::timeout(limit, writer.send(line.as_bytes())).await;
+        let Some(s) = session.upgrade() else {
+            return;
+        };
+        match sent {
+            Ok(Ok(())) => {}
+            // The child is gone: the reader sees its end, fails what is
+            // pending and removes the session.
+            Ok(Err(_)) if s.handle.try_exit().is_some() => return,
+            // Its stdin is closed or half a line is on it: nothing more can
+            // be framed; the worker's sweeper removes the session.
+            Ok(Err(_)) => return s.end("MCP server input failed"),
+            Err(_) => {
+                warn!(
+                    session = &*s.id,
+                    timeout_ms = limit.as_millis() as u64,
+                    "MCP server did not read its input in time"
+                );
+                return s.end("MCP server stopped reading its input");
+            }
+        }
+    }
 }
 
 /// Reads the child's stdout until it ends, routing each line; then ends the

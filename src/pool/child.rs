@@ -30,20 +30,13 @@ use monoio::io::{OwnedReadHalf, Splitable};
 use monoio::net::UnixStream;
 
 use super::reader::{LineReader, Next};
+pub use super::reaper::ChildSpec;
 use super::reaper::{self, ExitWatch, LiveSlot};
 use super::stderr::{self, StderrCtx, StderrStats};
 pub use super::writer::ChildWriter;
 
 /// Session shown in stderr logs before the child is handed to a session.
 const NO_SESSION: &str = "-";
-
-/// What to run. `env` is added to the inherited environment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChildSpec {
-    pub cmd: String,
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChildError {

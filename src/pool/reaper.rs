@@ -37,7 +37,13 @@ use std::process::{Child as StdChild, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use super::child::ChildSpec;
+/// What to run. `env` is added to the inherited environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildSpec {
+    pub cmd: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
 
 /// How often the thread checks children it has no pidfd for.
 pub const FALLBACK_CHECK_MS: i32 = 100;

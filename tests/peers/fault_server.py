@@ -10,7 +10,9 @@ other `tools/call` meets the fault of MODE:
 
   crash         exits with status 3 at once, without answering
   hang          never answers (keeps reading stdin); the tool `late` is
-                answered after `delay` seconds instead
+                answered after `delay` seconds instead, during which the
+                server reads nothing (a child slow to take its input); it
+                says `fault-server: late for <delay> s` on stderr first
   garbage       writes a line that is not JSON
   endless       writes one line that never ends (64 KiB blocks, no newline)
   stderr-flood  answers, but from start-up floods stderr without pause
@@ -87,7 +89,9 @@ def main():
             elif MODE == "crash":
                 os._exit(3)
             elif MODE == "hang" and name == "late":
-                time.sleep(float(args.get("delay", 1)))
+                delay = float(args.get("delay", 1))
+                log(f"fault-server: late for {delay:g} s")
+                time.sleep(delay)
                 text_result(rid, "late")
             elif MODE == "hang":
                 log(f"fault-server: hanging on request {json.dumps(rid)}")

@@ -14,6 +14,12 @@ use std::time::{Duration, Instant};
 /// Generous bound for anything a test waits on; never a performance claim.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The binary under test: this build's, or `RINGGATE_TEST_BIN` (another
+/// build, to check that a test fails on the code before a change).
+pub fn binary() -> std::ffi::OsString {
+    std::env::var_os("RINGGATE_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ringgate").into())
+}
+
 /// A running `ringgate` with its stderr captured line by line.
 pub struct Proxy {
     child: Child,
@@ -39,7 +45,7 @@ impl Proxy {
                 admin.extend([flag, "127.0.0.1:0"]);
             }
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        let mut child = Command::new(binary())
             .arg("-f")
             .arg(&path)
             .args(&admin)
@@ -385,6 +391,17 @@ pub fn exchange_open(addr: SocketAddr, bytes: &[u8]) -> (Vec<Resp>, bool) {
     }
     let closed = closed_after(&mut r);
     (out, closed)
+}
+
+/// One sample of the proxy's `/metrics` (a name with its labels, as
+/// written there); `None` if absent or the stats listener is off.
+pub fn metric(p: &Proxy, name: &str) -> Option<f64> {
+    let (status, text) = admin_get(p.stats?, "/metrics");
+    if status != 200 {
+        return None;
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 // ---------------------------------------------------------------- /proc
