@@ -310,3 +310,5 @@ fn ext_authz_options() {
         .iter()
         .any(|e| e.contains("extAuthz.failureMode: expected deny, allow")));
 }
+
+mod mcp_authz;
