@@ -17,7 +17,10 @@
 //!   way the extAuthz stage renders it;
 //! - `mcp`: JSON-RPC line framing (a client POST body to the one line the
 //!   child gets; a child's answer and progress lines peeked for routing) and
-//!   SSE encoding of an answer.
+//!   SSE encoding of an answer;
+//! - `mcp_authz`: `config/mcp-grants.yaml`'s rule deciding one tool over a
+//!   cached whois answer's `CapMap` (allowed and denied), and filtering a
+//!   child's 100-tool `tools/list` answer for that caller.
 
 use std::hint::black_box;
 use std::rc::Rc;
@@ -26,13 +29,15 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 use ringgate::auth::cache::{Cache, Lookup};
+use ringgate::config::Config;
 use ringgate::config::Limits;
 use ringgate::http::chunked::ChunkedDecoder;
 use ringgate::http::parse::{BodyKind, Head, HeadParser};
 use ringgate::http::HttpError;
 use ringgate::mcp::jsonrpc::{self, Kind, Outgoing};
 use ringgate::mcp::sse;
-use ringgate::policy::cel::{Expr, ResponseVars, Value, Vars};
+use ringgate::policy::cel::{Expr, McpKind, ResponseVars, Value, Vars};
+use ringgate::policy::mcp_authz::{governed_list, Filtered, Reason};
 
 /// A browser-like GET of about 230 bytes (the size MONOIO.md's httparse
 /// figure was measured on).
@@ -244,6 +249,7 @@ fn request_vars() -> Vars<'static> {
         headers: &[],
         response: None,
         extauthz: None,
+        mcp: None,
     }
 }
 
@@ -481,6 +487,91 @@ fn mcp(c: &mut Criterion) {
     g.finish();
 }
 
+/// A whois answer granting `example.com/cap/mcp` (as
+/// `reference/whois-alice.json`, node trimmed), with a glob in the grant.
+const WHOIS_GRANTED: &str = r#"{
+	"Node": {"ID": 7100000000000002, "Name": "alice-laptop.tail1234.ts.net."},
+	"UserProfile": {"ID": 6478194012345601, "LoginName": "alice@example.com"},
+	"CapMap": {
+		"example.com/cap/proxy": [{"role": "admin", "routes": ["/admin/*"]}],
+		"example.com/cap/mcp": [{"tools": ["echo", "get-sum"]}, {"tools": ["tool-1?"]}]
+	}
+}"#;
+
+fn mcp_authz(c: &mut Criterion) {
+    let cfg = Config::from_yaml(include_str!("../config/mcp-grants.yaml")).unwrap();
+    let route = &cfg.binds[0].listeners[0].routes[0];
+    let authz = route.policies.mcp_authorization.as_ref().unwrap();
+    let ext = route.policies.ext_authz.as_ref().unwrap();
+    // The metadata as the extAuthz stage caches it: evaluated once per whois
+    // answer, then read by every decision.
+    let answer = Vars {
+        response: Some(ResponseVars {
+            code: 200,
+            body: WHOIS_GRANTED.as_bytes(),
+            headers: &[],
+        }),
+        ..request_vars()
+    };
+    let metadata: Vec<(String, Value)> = ext
+        .metadata
+        .iter()
+        .map(|(k, e)| (k.clone(), e.eval(&answer).unwrap()))
+        .collect();
+    assert!(matches!(metadata[2].1, Value::Map(_)), "{metadata:?}");
+    let caller = Vars {
+        extauthz: Some(&metadata),
+        ..request_vars()
+    };
+    let decide =
+        |name: &str| authz.decide_for(&caller, "tools/call", McpKind::Tool, "everything", name);
+    assert_eq!(decide("echo"), Reason::Allow(0));
+    assert_eq!(decide("tool-17"), Reason::Allow(0));
+    assert_eq!(decide("printEnv"), Reason::NoAllowMatched { failed: 0 });
+
+    // A tools/list answer of 100 tools shaped like server-everything's.
+    let mut line = String::from(r#"{"result":{"tools":["#);
+    for i in 0..100 {
+        if i > 0 {
+            line.push(',');
+        }
+        line.push_str(&format!(
+            r#"{{"name":"tool-{i}","description":"Tool number {i}: does a thing with its input","inputSchema":{{"type":"object","properties":{{"message":{{"type":"string","description":"Message"}}}},"required":["message"]}}}}"#
+        ));
+    }
+    line.push_str(r#"]},"jsonrpc":"2.0","id":2}"#);
+    let list = governed_list("tools/list").unwrap();
+    let filtered = |line: &[u8]| authz.filter(line, list, "everything", &caller);
+    // tool-10 .. tool-19 match "tool-1?"; tool-1 does not.
+    match filtered(line.as_bytes()) {
+        Filtered::Spliced {
+            line: out,
+            kept: 10,
+            removed: 90,
+        } => {
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["result"]["tools"][0]["name"], "tool-10");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let mut g = c.benchmark_group("mcp_authz");
+    g.bench_function("tool_call_allowed", |b| {
+        b.iter(|| assert_eq!(decide(black_box("echo")), Reason::Allow(0)))
+    });
+    g.bench_function("tool_call_denied", |b| {
+        b.iter(|| assert!(!decide(black_box("printEnv")).allowed()))
+    });
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("filter_tools_list_100", |b| {
+        b.iter(|| {
+            let f = filtered(black_box(line.as_bytes()));
+            assert!(matches!(f, Filtered::Spliced { kept: 10, .. }));
+        })
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     // Short runs: the whole file takes about a minute on two shared cores.
     Criterion::default()
@@ -492,6 +583,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = head, chunked, cel, authz_cache, mcp
+    targets = head, chunked, cel, authz_cache, mcp, mcp_authz
 }
 criterion_main!(benches);

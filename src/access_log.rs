@@ -3,6 +3,10 @@
 //! `request src.addr=IP:PORT http.method=POST http.path=/mcp http.status=200
 //! duration=3ms worker=0 tailscale.node=... tailscale.email=...`
 //!
+//! On a route with `mcpAuthorization`, an MCP call's line carries
+//! `mcp.authz=allow|deny` (`filter` for a list request) next to the method
+//! and the tool (`gen_ai.tool.name`), prompt or resource it named.
+//!
 //! Built-in fields first, then `frontendPolicies.accessLog.add` fields in
 //! config order (a field whose expression fails is left out); `remove` drops
 //! fields by name and `filter` (CEL) keeps or drops the whole line. With
@@ -140,6 +144,17 @@ pub fn request(ctx: &BindCtx, req: &Request, handled: &Handled, elapsed: Duratio
         if let Some(v) = &m.session {
             line.field("mcp.session.id", v);
         }
+        if let Some(d) = m.authz {
+            line.field("mcp.authz", d);
+            // The tool is logged above; prompts and resources here.
+            match (m.method.as_deref(), &m.authz_name) {
+                (Some("prompts/get"), Some(n)) => line.field("gen_ai.prompt.name", n),
+                (Some(method), Some(n)) if method.starts_with("resources/") => {
+                    line.field("mcp.resource.uri", n)
+                }
+                _ => {}
+            }
+        }
     }
     if let Some(route) = handled.route {
         line.field("route", &route.name);
@@ -232,5 +247,30 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["who"], "Ada \"L\"\nx");
+    }
+
+    /// A structured extAuthz value (a whois `CapMap`) is written as compact
+    /// JSON; a null one as `null`.
+    #[test]
+    fn structured_values_are_compact_json() {
+        use crate::policy::cel::Value;
+        let caps = Value::Map(vec![(
+            Value::String("example.com/cap/mcp".into()),
+            Value::List(vec![Value::Map(vec![(
+                Value::String("tools".into()),
+                Value::List(vec![Value::String("echo".into())]),
+            )])]),
+        )]);
+        let mut l = Line::with(false, &[]);
+        l.field("caps", &caps);
+        l.field("none", &Value::Null);
+        assert_eq!(
+            l.finish(),
+            r#"request caps="{\"example.com/cap/mcp\":[{\"tools\":[\"echo\"]}]}" none=null"#
+        );
+        let mut l = Line::with(true, &[]);
+        l.field("caps", &caps);
+        let v: serde_json::Value = serde_json::from_str(&l.finish()).unwrap();
+        assert_eq!(v["caps"], r#"{"example.com/cap/mcp":[{"tools":["echo"]}]}"#);
     }
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 pub use yaml::{ConfigError, ConfigErrors};
 
 use crate::policy::cel::Expr;
+pub use crate::policy::mcp_authz::{McpAuthorization, Rule, RuleKind};
 
 pub use crate::http::limits::*;
 pub use crate::policy::cors::Cors;
@@ -175,6 +176,8 @@ pub struct Policies {
     pub cors: Option<Cors>,
     pub ext_authz: Option<ExtAuthz>,
     pub direct_response: Option<DirectResponse>,
+    /// Per tool, prompt and resource; only on routes with an MCP backend.
+    pub mcp_authorization: Option<McpAuthorization>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

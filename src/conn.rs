@@ -172,7 +172,8 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
                 // The buffer went with the timed-out read: refused as a
                 // framing error, like a head that timed out.
                 Read::Timeout => {
-                    return refuse(stream, out, HttpError::REQUEST_TIMEOUT, peer, &ctx).await
+                    drop(budget);
+                    return refuse(stream, out, HttpError::REQUEST_TIMEOUT, peer, &ctx).await;
                 }
             };
             let n = buf.len() - before;

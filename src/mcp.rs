@@ -25,6 +25,7 @@
 //! - [`session`]: one session's routing of child output
 //! - [`sse`]: event encoding
 
+pub mod authz;
 pub mod endpoint;
 pub mod jsonrpc;
 pub mod multiplex;
@@ -119,6 +120,8 @@ pub enum Op {
     Post {
         messages: Vec<Message>,
         batch: bool,
+        /// `mcpAuthorization`, decided where the request came in.
+        authz: Option<authz::PostAuthz>,
     },
     Get,
     Delete,
@@ -433,14 +436,18 @@ impl McpWorker {
             }
         }
         match job.op {
-            Op::Post { messages, batch } => {
+            Op::Post {
+                messages,
+                batch,
+                authz,
+            } => {
                 if batch && negotiated.as_str() > LAST_BATCH_VERSION {
                     return Reply::Status(
                         400,
                         "Bad Request: batches are not supported by this protocol version",
                     );
                 }
-                match session.post(messages) {
+                match session.post(messages, authz.as_ref()) {
                     Ok(Some(rx)) => Reply::Stream(rx),
                     Ok(None) => Reply::Accepted,
                     Err(PostError::Ended) => Reply::Status(404, "session not found"),
@@ -657,7 +664,7 @@ impl McpWorker {
         monoio::spawn(session::read_child(session.clone(), reader, move || {
             me.remove(&s2, "MCP server ended")
         }));
-        match session.post(messages) {
+        match session.post(messages, None) {
             Ok(Some(rx)) => Ok((id, rx)),
             _ => {
                 self.remove(&session, "MCP server did not take initialize");

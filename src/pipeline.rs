@@ -12,6 +12,7 @@ use crate::auth;
 use crate::config::{Backend, Listener, Route};
 use crate::context::BindCtx;
 use crate::http::response::{Body, Response};
+use crate::mcp::authz::RouteAuthz;
 use crate::mcp::endpoint;
 use crate::policy::cors;
 use crate::request::{Handled, Request};
@@ -142,7 +143,23 @@ pub async fn respond<'c>(
     let resp = match &route.backend {
         Some(Backend::Mcp(m)) => {
             let identity = identity(req, &admitted.out);
-            let (resp, log) = endpoint::handle(&ctx.worker.mcp, m, req, identity).await;
+            let headers;
+            let authz = match &route.policies.mcp_authorization {
+                Some(rules) => {
+                    headers = req.headers();
+                    let mut vars = req.vars(&headers);
+                    vars.extauthz = admitted.out.authz.as_ref().map(|d| d.metadata.as_slice());
+                    Some(RouteAuthz {
+                        rules,
+                        route: &route.name,
+                        target: &m.targets[0].name,
+                        vars,
+                        stats: &ctx.worker.stats,
+                    })
+                }
+                None => None,
+            };
+            let (resp, log) = endpoint::handle(&ctx.worker.mcp, m, req, identity, authz).await;
             admitted.out.mcp = Some(log);
             resp
         }

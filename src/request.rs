@@ -87,6 +87,7 @@ impl<'a> Request<'a> {
             headers,
             response: None,
             extauthz: None,
+            mcp: None,
         }
     }
 }
@@ -106,4 +107,8 @@ pub struct McpLog {
     pub method: Option<String>,
     pub tool: Option<String>,
     pub session: Option<String>,
+    /// `mcpAuthorization`'s decision (`allow`, `deny`, `filter`), on routes
+    /// with rules, and the tool, prompt or resource it was about.
+    pub authz: Option<&'static str>,
+    pub authz_name: Option<String>,
 }

@@ -22,6 +22,27 @@ pub enum AuthzOutcome {
     Error,
 }
 
+/// An `mcpAuthorization` decision: a call allowed or denied, or a list
+/// request whose answer is filtered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum McpAuthzResult {
+    Allow,
+    Deny,
+    Filter,
+}
+
+impl McpAuthzResult {
+    pub const ALL: [McpAuthzResult; 3] = [Self::Allow, Self::Deny, Self::Filter];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Filter => "filter",
+        }
+    }
+}
+
 /// A latency histogram (cumulative on output, plain counts inside).
 #[derive(Debug, Clone, Default)]
 pub struct Hist {
@@ -75,6 +96,8 @@ pub struct Stats {
     pub bytes_out: Cell<u64>,
     /// Connections over the per-worker limit: told 503, closed unanswered.
     refused: [Cell<u64>; 2],
+    /// route -> `mcpAuthorization` decisions, indexed by `McpAuthzResult`.
+    mcp_authz: RefCell<HashMap<String, [u64; 3]>>,
 }
 
 impl Default for Stats {
@@ -91,6 +114,7 @@ impl Default for Stats {
             bytes_in: Cell::new(0),
             bytes_out: Cell::new(0),
             refused: Default::default(),
+            mcp_authz: RefCell::new(HashMap::new()),
         }
     }
 }
@@ -120,6 +144,15 @@ impl Stats {
             None => map.entry(route.to_string()).or_default(),
         };
         *by_status.entry(status).or_default() += 1;
+    }
+
+    pub fn mcp_authz(&self, route: &str, result: McpAuthzResult) {
+        let mut map = self.mcp_authz.borrow_mut();
+        let counts = match map.get_mut(route) {
+            Some(c) => c,
+            None => map.entry(route.to_string()).or_default(),
+        };
+        counts[result as usize] += 1;
     }
 
     pub fn authz(&self, outcome: AuthzOutcome, from_cache: bool) {
@@ -174,6 +207,12 @@ impl Stats {
             bytes_in: self.bytes_in.get(),
             bytes_out: self.bytes_out.get(),
             refused: [self.refused[0].get(), self.refused[1].get()],
+            mcp_authz: self
+                .mcp_authz
+                .borrow()
+                .iter()
+                .map(|(r, c)| (r.clone(), *c))
+                .collect(),
             ..Snapshot::default()
         }
     }
@@ -212,6 +251,8 @@ pub struct Snapshot {
     pub bytes_out: u64,
     /// Over-limit connections answered 503 / closed unanswered.
     pub refused: [u64; 2],
+    /// `mcpAuthorization` decisions by route: allow, deny, filter.
+    pub mcp_authz: Vec<(String, [u64; 3])>,
     pub connections: u64,
     pub sessions: u64,
     /// Sessions with no request in flight and no open GET stream.
@@ -229,7 +270,14 @@ pub fn render(snaps: &[Snapshot], live_children: usize) -> String {
     let mut whois = Hist::new(WHOIS_BUCKETS.len());
     let mut total = Snapshot::default();
     let mut exits: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut mcp_authz: BTreeMap<&str, [u64; 3]> = BTreeMap::new();
     for s in snaps {
+        for (r, c) in &s.mcp_authz {
+            let t = mcp_authz.entry(r).or_default();
+            for i in 0..3 {
+                t[i] += c[i];
+            }
+        }
         for (r, st, n) in &s.requests {
             *requests.entry((r.clone(), *st)).or_default() += n;
         }
@@ -324,6 +372,23 @@ pub fn render(snaps: &[Snapshot], live_children: usize) -> String {
         "ringgate_authz_checks_total{{outcome=\"cached\"}} {}",
         total.cache_hits
     );
+    head(
+        &mut o,
+        "ringgate_mcp_authz_decisions_total",
+        "counter",
+        "mcpAuthorization decisions by route: calls allowed or denied, list requests filtered.",
+    );
+    for (route, counts) in &mcp_authz {
+        for r in McpAuthzResult::ALL {
+            let _ = writeln!(
+                o,
+                "ringgate_mcp_authz_decisions_total{{route=\"{}\",result=\"{}\"}} {}",
+                escape(route),
+                r.as_str(),
+                counts[r as usize]
+            );
+        }
+    }
     head(
         &mut o,
         "ringgate_authz_waits_total",
@@ -495,6 +560,9 @@ mod tests {
         a.authz_wait(false);
         b.authz_wait(false);
         b.authz_wait(true);
+        a.mcp_authz("app", McpAuthzResult::Allow);
+        b.mcp_authz("app", McpAuthzResult::Deny);
+        b.mcp_authz("app", McpAuthzResult::Deny);
         let text = render(&[a.snapshot(0), b.snapshot(1)], 3);
         for line in [
             "ringgate_requests_total{route=\"app\",status=\"200\"} 3",
@@ -508,6 +576,9 @@ mod tests {
             "ringgate_authz_checks_total{outcome=\"cached\"} 1",
             "ringgate_authz_waits_total{outcome=\"waited\"} 2",
             "ringgate_authz_waits_total{outcome=\"refused\"} 1",
+            "ringgate_mcp_authz_decisions_total{route=\"app\",result=\"allow\"} 1",
+            "ringgate_mcp_authz_decisions_total{route=\"app\",result=\"deny\"} 2",
+            "ringgate_mcp_authz_decisions_total{route=\"app\",result=\"filter\"} 0",
             "ringgate_children_live 3",
             "ringgate_workers 2",
         ] {

@@ -9,7 +9,7 @@ use std::io::{BufReader, Write};
 use std::net::TcpStream;
 
 use serde_json::json;
-use support::fake_tailscaled::{seed_ext_authz, FakeTailscaled};
+use support::fake_tailscaled::{direct_route_behind_whois, FakeTailscaled};
 use support::mcp::*;
 use support::*;
 
@@ -19,19 +19,7 @@ const STRANGER: &str = "127.0.0.9";
 const UPLOAD: usize = 4_000_000;
 
 fn authz_config(fake: &FakeTailscaled) -> String {
-    format!(
-        r#"
-binds:
-- port: 0
-  address: 127.0.0.1
-  listeners:
-  - routes:
-    - name: upload
-      policies:
-        directResponse: {{body: "stored"}}{authz}
-"#,
-        authz = seed_ext_authz(&fake.target(), &[])
-    )
+    direct_route_behind_whois(fake, "upload", "stored", &[])
 }
 
 /// A head announcing a large body and waiting for `100 Continue`.

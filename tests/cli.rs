@@ -35,7 +35,11 @@ binds:
 
 #[test]
 fn validate_only_accepts_the_seed_and_demo_configs() {
-    for file in ["config/tailscale.yaml", "config/demo.yaml"] {
+    for file in [
+        "config/tailscale.yaml",
+        "config/demo.yaml",
+        "config/mcp-grants.yaml",
+    ] {
         let out = ringgate(&["--validate-only", "-f", file]);
         assert!(
             out.status.success(),

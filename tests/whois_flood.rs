@@ -8,7 +8,7 @@ mod support;
 use std::sync::Barrier;
 use std::time::Duration;
 
-use support::fake_tailscaled::{seed_ext_authz, FakeTailscaled, Fault};
+use support::fake_tailscaled::{direct_route_behind_whois, FakeTailscaled, Fault};
 use support::*;
 
 const GET: &str = "GET /app HTTP/1.1\r\nHost: gw\r\n\r\n";
@@ -27,19 +27,7 @@ fn unknown(i: usize) -> String {
 }
 
 fn config(fake: &FakeTailscaled, extra: &[&str]) -> String {
-    format!(
-        r#"
-binds:
-- port: 0
-  address: 127.0.0.1
-  listeners:
-  - routes:
-    - name: application
-      policies:
-        directResponse: {{body: "welcome"}}{}
-"#,
-        seed_ext_authz(&fake.target(), extra)
-    )
+    direct_route_behind_whois(fake, "application", "welcome", extra)
 }
 
 fn metric(p: &Proxy, line_start: &str) -> u64 {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::fake_tailscaled::{seed_ext_authz, FakeTailscaled};
+use support::fake_tailscaled::{direct_route_behind_whois, FakeTailscaled};
 use support::*;
 
 const ALICE: &str = "127.0.0.2";
@@ -23,21 +23,11 @@ const GET: &str = "GET /app HTTP/1.1\r\nHost: gw\r\n\r\n";
 const TTL: Duration = Duration::from_millis(300);
 
 fn config(fake: &FakeTailscaled) -> String {
-    format!(
-        r#"
-binds:
-- port: 0
-  address: 127.0.0.1
-  listeners:
-  - routes:
-    - name: application
-      policies:
-        directResponse: {{body: "welcome"}}{authz}
-"#,
-        authz = seed_ext_authz(
-            &fake.target(),
-            &["timeout: 300ms", "cache: {ttl: 300ms, negativeTtl: 300ms}"]
-        )
+    direct_route_behind_whois(
+        fake,
+        "application",
+        "welcome",
+        &["timeout: 300ms", "cache: {ttl: 300ms, negativeTtl: 300ms}"],
     )
 }
 

@@ -66,6 +66,8 @@ const DENIED: Expect = Expect {
     status: 403,
     body: b"external authorization failed",
 };
+/// The nginx baseline's row name.
+const NGINX_ROW: &str = "0 nginx: fixed 403, no auth";
 /// Ramp of every round after the first (connections are already open).
 const ROUND_WARMUP: Duration = Duration::from_millis(250);
 
@@ -169,6 +171,8 @@ struct Row {
     peak_rss_kib: Option<u64>,
     /// The ceiling's req/s and p50 (us), and its name.
     ceiling: Option<(f64, f64, &'static str)>,
+    /// nginx's fixed 403 req/s in the same rounds (reject rows).
+    nginx: Option<f64>,
 }
 
 impl Row {
@@ -185,6 +189,8 @@ impl Row {
 /// CPU snapshots at the edges of a target's windows, summed.
 struct Probe {
     server: Option<u32>,
+    /// Count the server's descendants as the server (nginx's workers).
+    server_tree: bool,
     /// Processes whose CPU is the children's: these and their descendants
     /// (`count_roots`), or only their descendants.
     peer_roots: Vec<u32>,
@@ -197,6 +203,7 @@ impl Probe {
     fn new(server: Option<u32>, peer_roots: Vec<u32>, count_roots: bool) -> Probe {
         Probe {
             server,
+            server_tree: false,
             peer_roots,
             count_roots,
             at: Cell::new((0.0, 0.0, 0.0)),
@@ -213,8 +220,16 @@ impl Probe {
         if self.count_roots {
             peers.extend(&self.peer_roots);
         }
+        let server = |pid: u32| {
+            let tree = if self.server_tree {
+                procs::cpu_seconds_of(&procs::descendants(pid))
+            } else {
+                0.0
+            };
+            procs::cpu_seconds(pid) + tree
+        };
         let now = (
-            self.server.map_or(0.0, procs::cpu_seconds),
+            self.server.map_or(0.0, server),
             procs::cpu_seconds_of(&peers),
             procs::self_cpu_seconds(),
         );
@@ -239,6 +254,7 @@ impl Probe {
             gen_cpu: s.2,
             peak_rss_kib: self.server.map(|p| procs::vm_kib(p, "VmHWM")),
             ceiling: None,
+            nginx: None,
         };
         progress(&r);
         r
@@ -420,6 +436,23 @@ fn http_scenarios(o: &Opts, whois: &str, w: usize, idle_rss: &mut Vec<(usize, u6
         expect: OK,
         reconnect: false,
     }];
+    // nginx answering the same 403 with no auth at all: the reject path's
+    // second baseline, as users measure it.
+    if o.runs("reject") {
+        match Server::nginx(w) {
+            Some(n) => {
+                servers.push(n);
+                plan.push(Planned {
+                    name: NGINX_ROW.into(),
+                    server: servers.len() - 1,
+                    src: UNKNOWN_IP,
+                    expect: DENIED,
+                    reconnect: false,
+                });
+            }
+            None => eprintln!("nginx not found: no nginx baseline (apt-get install nginx-light)"),
+        }
+    }
     for (k, (bin, suffix)) in builds(o).into_iter().enumerate() {
         let mut rss = if k == 0 {
             std::mem::take(idle_rss)
@@ -474,7 +507,11 @@ fn http_scenarios(o: &Opts, whois: &str, w: usize, idle_rss: &mut Vec<(usize, u6
     procs::reset_peak_rss(servers[0].pid());
     let probes: Vec<Probe> = plan
         .iter()
-        .map(|p| Probe::new(Some(servers[p.server].pid()), Vec::new(), false))
+        .map(|p| {
+            let mut probe = Probe::new(Some(servers[p.server].pid()), Vec::new(), false);
+            probe.server_tree = servers[p.server].name == "nginx";
+            probe
+        })
         .collect();
     let results = client::block_on(async {
         let mut targets: Vec<Target> = plan
@@ -507,8 +544,18 @@ fn http_scenarios(o: &Opts, whois: &str, w: usize, idle_rss: &mut Vec<(usize, u6
         rows[0].m.quantile_us(0.5),
         "fixed-response",
     );
+    let nginx = rows
+        .iter()
+        .find(|r| r.scenario == NGINX_ROW)
+        .map(|r| r.m.rps());
     for (r, p) in rows.iter_mut().zip(&plan).skip(1) {
+        if r.scenario == NGINX_ROW {
+            continue;
+        }
         r.ceiling = (!p.reconnect).then_some(ceiling);
+        if r.scenario.starts_with("1 ") {
+            r.nginx = nginx;
+        }
     }
     for s in servers.iter_mut().rev() {
         s.assert_running();
@@ -795,10 +842,149 @@ fn report(
         if let Some(x) = r.ratio() {
             if r.scenario.starts_with("1 ") {
                 check(
-                    format!("reject >= 0.85 of ceiling (w={w})"),
-                    x >= 0.85,
-                    gap(x, 0.85),
+                    format!("reject >= 0.95 of ceiling (w={w})"),
+                    x >= 0.95,
+                    gap(x, 0.95),
                 );
+                if let Some(n) = r.nginx {
+                    let y = r.m.rps() / n;
+                    check(
+                        format!("reject >= 1.0x nginx's fixed 403 (w={w})"),
+                        y >= 1.0,
+                        gap(y, 1.0),
+                    );
+                }
+            } else if r.scenario == "2 allow (directResponse)" {
+                check(
+                    format!("allow >= 0.80 of ceiling (w={w})"),
+                    x >= 0.80,
+                    gap(x, 0.80),
+                );
+            } else if r.scenario.starts_with("3 ") {
+                let add = r.added_p50_us().unwrap_or(f64::NAN);
+                if r.conc == 1 {
+                    check(
+                        format!("MCP proxy-added p50 < 50 us (1 sess, w={w})"),
+                        add < 50.0,
+                        format!("{add:+.0} us"),
+                    );
+                }
+                check(
+                    format!("MCP throughput >= 0.80 of direct ({} sess, w={w})", r.conc),
+                    x >= 0.80,
+                    gap(x, 0.80),
+                );
+                // CPU per forwarded call: ringgate's, and the children's
+                // against the same children driven directly.
+                let per_call_us = |cpu: Option<f64>, m: &client::Measured| {
+                    cpu.map(|c| c / m.count.max(1) as f64 * 1e6)
+                };
+                if let Some(us) = per_call_us(r.server_cpu, &r.m) {
+                    check(
+                        format!("ringgate CPU per call <= 30 us ({} sess, w={w})", r.conc),
+                        us <= 30.0,
+                        format!("{us:.1} us"),
+                    );
+                }
+                let direct = rows.iter().find(|d| {
+                    d.workers == w && d.conc == r.conc && d.scenario.starts_with("3 ceiling")
+                });
+                if let (Some(mine), Some(theirs)) = (
+                    per_call_us(r.peer_cpu, &r.m),
+                    direct.and_then(|d| per_call_us(d.peer_cpu, &d.m)),
+                ) {
+                    let y = mine / theirs;
+                    check(
+                        format!(
+                            "children CPU per call <= 1.2x direct ({} sess, w={w})",
+                            r.conc
+                        ),
+                        y <= 1.2,
+                        format!("{y:.2}x ({mine:.1} vs {theirs:.1} us)"),
+                    );
+                }
+            }
+        }
+    }
+    // The access log's cost: the allow path with it on against off.
+    for w in rows
+        .iter()
+        .map(|r| r.workers)
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let find = |name: &str| {
+            rows.iter()
+                .find(|r| r.workers == w && r.scenario == name)
+                .map(|r| r.m.rps())
+        };
+        if let (Some(on), Some(off)) = (
+            find("2 allow, access log on"),
+            find("2 allow (directResponse)"),
+        ) {
+            let y = on / off;
+            check(
+                format!("allow with the access log >= 0.90 of without (w={w})"),
+                y >= 0.90,
+                gap(y, 0.90),
+            );
+        }
+    }
+    if !warm.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n| 4 initialize (npx, 1 worker) | runs | p50 ms | min ms | max ms |\n|---|---|---|---|---|"
+        );
+        for (name, v) in [
+            ("warm pool (minIdle 1)", warm),
+            ("cold spawn (minIdle 0)", cold),
+        ] {
+            let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
+            let max = v.iter().cloned().fold(0.0, f64::max);
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {:.1} | {:.1} | {:.1} |",
+                v.len(),
+                median(v),
+                min,
+                max
+            );
+        }
+    }
+    let idle: Vec<String> = idle_rss
+        .iter()
+        .map(|(w, k)| format!("{:.1} MiB with {w} worker(s)", mib(*k)))
+        .collect();
+    let _ = writeln!(
+        s,
+        "\nringgate idle RSS (warm pool filled, children not counted): {}",
+        idle.join(", ")
+    );
+
+    // Targets.
+    let mut t = Vec::new();
+    let mut check = |name: String, ok: bool, detail: String| {
+        t.push(format!(
+            "- {} {name}: {detail}",
+            if ok { "MET   " } else { "MISSED" }
+        ));
+    };
+    for r in rows.iter().filter(|r| !r.scenario.contains(" [")) {
+        let w = r.workers;
+        if let Some(x) = r.ratio() {
+            if r.scenario.starts_with("1 ") {
+                check(
+                    format!("reject >= 0.95 of ceiling (w={w})"),
+                    x >= 0.95,
+                    gap(x, 0.95),
+                );
+                if let Some(n) = r.nginx {
+                    let y = r.m.rps() / n;
+                    check(
+                        format!("reject >= 1.0x nginx's fixed 403 (w={w})"),
+                        y >= 1.0,
+                        gap(y, 1.0),
+                    );
+                }
             } else if r.scenario == "2 allow (directResponse)" {
                 check(
                     format!("allow >= 0.80 of ceiling (w={w})"),

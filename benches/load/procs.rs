@@ -247,6 +247,60 @@ impl Server {
         }
     }
 
+    /// nginx answering every request with the same fixed 403 ringgate sends
+    /// a stranger: no auth, no log, `worker_processes` = `threads`, each
+    /// with its own `reuseport` listener. `None` (with a note) when nginx is
+    /// not installed (Debian: `apt-get install nginx-light`).
+    pub fn nginx(threads: usize) -> Option<Server> {
+        let bin = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        // A free port: taken from the kernel, then released for nginx.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let conf = format!(
+            "daemon off;\nmaster_process on;\nworker_processes {threads};\n\
+             pid {dir}/nginx.pid;\nerror_log stderr error;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {dir};\n\
+               keepalive_requests 1000000;\n  server_tokens off;\n\
+               server {{\n    listen 127.0.0.1:{port} reuseport backlog=4096;\n\
+                 location / {{ default_type text/plain; \
+                 return 403 \"external authorization failed\"; }}\n  }}\n}}\n",
+            dir = dir.path().display()
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).expect("write nginx.conf");
+        let mut cmd = Command::new(bin);
+        cmd.arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().expect("start nginx");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let s = Server {
+            name: "nginx",
+            child: Some(child),
+            addr,
+            stats_addr: None,
+            log: Arc::new(Mutex::new(VecDeque::new())),
+            _dir: Some(dir),
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(s)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, |c| c.id())
     }

@@ -380,6 +380,12 @@ fn route(node: Node, index: usize, errs: &mut ConfigErrors) -> Option<Route> {
             backend = super::mcp::backend(Node::new(b, &index_path(&p, 0)), errs);
         }
     }
+    if policies.mcp_authorization.is_some() && backend.is_none() {
+        errs.push(
+            &format!("{}.policies.mcpAuthorization", m.path()),
+            "mcpAuthorization needs a route with an MCP backend",
+        );
+    }
     if backend.is_some() && policies.direct_response.is_some() {
         errs.push(
             m.path(),
@@ -425,7 +431,8 @@ fn path_match(node: Node, errs: &mut ConfigErrors) -> Option<PathMatch> {
 
 pub(super) fn policies(node: Node, errs: &mut ConfigErrors) -> Policies {
     let mut out = Policies::default();
-    let Some(m) = node.map(errs, &["cors", "extAuthz", "directResponse"]) else {
+    let keys = ["cors", "extAuthz", "directResponse", "mcpAuthorization"];
+    let Some(m) = node.map(errs, &keys) else {
         return out;
     };
     if let Some((v, p)) = m.get("cors") {
@@ -444,6 +451,17 @@ pub(super) fn policies(node: Node, errs: &mut ConfigErrors) -> Policies {
             let body = opt_str(&d, "body", errs).unwrap_or_default();
             out.direct_response = Some(DirectResponse { status, body });
         }
+    }
+    if let Some((v, p)) = m.get("mcpAuthorization") {
+        // The metadata keys rules may read; unknown when extAuthz is broken
+        // (its own errors are reported), so its keys are not checked then.
+        let keys = match (&out.ext_authz, m.has("extAuthz")) {
+            (Some(a), _) => Some(a.metadata.iter().map(|(k, _)| k.as_str()).collect()),
+            (None, false) => Some(Vec::new()),
+            (None, true) => None,
+        };
+        out.mcp_authorization =
+            super::policies::mcp_authorization(Node::new(v, &p), keys.as_deref(), errs);
     }
     out
 }

@@ -1,8 +1,8 @@
-//! The route policies' YAML: `cors` and `extAuthz`.
+//! The route policies' YAML: `cors`, `extAuthz` and `mcpAuthorization`.
 
 use serde_yaml_ng::Value;
 
-use super::yaml::{expr, string_list, string_map, ConfigErrors, Node};
+use super::yaml::{expr, index_path, string_list, string_map, ConfigErrors, Node};
 use super::*;
 
 pub fn cors(node: Node, errs: &mut ConfigErrors) -> Option<Cors> {
@@ -233,4 +233,70 @@ fn authz_connections(node: Node, c: &mut AuthzConnections, errs: &mut ConfigErro
             c.max_waiting = n as usize;
         }
     }
+}
+
+/// Variables an `mcpAuthorization` rule may read.
+const RULE_VARS: &[&str] = &["source", "request", "extauthz", "mcp"];
+
+/// `mcpAuthorization: {rules: [...]}`. A rule is a string (an allow rule) or
+/// a mapping with exactly one of `allow`, `deny`, `require`. `metadata_keys`
+/// are the route's extAuthz metadata keys (`None`: not known, not checked);
+/// a rule reading `extauthz.K` for any other `K` is an error, as a typo there
+/// would fail on every request.
+pub fn mcp_authorization(
+    node: Node,
+    metadata_keys: Option<&[&str]>,
+    errs: &mut ConfigErrors,
+) -> Option<McpAuthorization> {
+    let m = node.map(errs, &["rules"])?;
+    let (v, p) = m.require(errs, "rules")?;
+    let before = errs.0.len();
+    let mut rules = Vec::new();
+    for (i, rv) in Node::new(v, &p).seq(errs).iter().enumerate() {
+        let rp = index_path(&p, i);
+        let (kind, src, ep) = match rv {
+            Value::String(s) => (RuleKind::Allow, s.as_str(), rp),
+            Value::Mapping(_) => {
+                let Some(r) = Node::new(rv, &rp).map(errs, &["allow", "deny", "require"]) else {
+                    continue;
+                };
+                let mut given = [RuleKind::Allow, RuleKind::Deny, RuleKind::Require]
+                    .into_iter()
+                    .filter_map(|k| r.get(k.as_str()).map(|(v, ep)| (k, v, ep)));
+                let (Some((kind, v, ep)), None) = (given.next(), given.next()) else {
+                    errs.push(&rp, "a rule has exactly one of allow, deny, require");
+                    continue;
+                };
+                let Some(src) = v.as_str() else {
+                    Node::new(v, &ep).str(errs);
+                    continue;
+                };
+                (kind, src, ep)
+            }
+            _ => {
+                errs.push(
+                    &rp,
+                    "expected a CEL string (an allow rule) or {allow|deny|require: CEL}",
+                );
+                continue;
+            }
+        };
+        let Some(e) = expr(src, &ep, RULE_VARS, errs) else {
+            continue;
+        };
+        if let Some(keys) = metadata_keys {
+            for k in e.extauthz_reads() {
+                if !keys.contains(&k.as_str()) {
+                    let known = if keys.is_empty() {
+                        "the route's extAuthz has no metadata".to_owned()
+                    } else {
+                        format!("metadata keys: {}", keys.join(", "))
+                    };
+                    errs.push(&ep, format!("unknown variable `extauthz.{k}` ({known})"));
+                }
+            }
+        }
+        rules.push(Rule { kind, expr: e });
+    }
+    (errs.0.len() == before).then_some(McpAuthorization { rules })
 }

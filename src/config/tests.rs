@@ -472,3 +472,4 @@ mcp:
         "{errs:?}"
     );
 }
+mod mcp_authz;

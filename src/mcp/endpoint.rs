@@ -13,6 +13,7 @@ use std::rc::Rc;
 
 use crate::config::McpBackend;
 use crate::http::response::{Body, Response};
+use crate::mcp::authz::{self, RouteAuthz};
 use crate::mcp::jsonrpc::{self, Kind};
 use crate::mcp::{Job, McpWorker, Op, Reply};
 use crate::request::{McpLog, Request};
@@ -24,6 +25,7 @@ pub async fn handle(
     backend: &McpBackend,
     req: &Request<'_>,
     identity: String,
+    authz: Option<RouteAuthz<'_>>,
 ) -> (Response, McpLog) {
     let backend = backend.key();
     let mut log = McpLog {
@@ -31,7 +33,7 @@ pub async fn handle(
         ..McpLog::default()
     };
     let resp = match req.method() {
-        "POST" => post(mcp, &backend, req, identity, &mut log).await,
+        "POST" => post(mcp, &backend, req, identity, authz, &mut log).await,
         "GET" => {
             if !accepts_sse(req) {
                 return (Response::text(406, NOT_ACCEPTABLE), log);
@@ -55,6 +57,7 @@ async fn post(
     backend: &str,
     req: &Request<'_>,
     identity: String,
+    authz: Option<RouteAuthz<'_>>,
     log: &mut McpLog,
 ) -> Response {
     if !accepts_sse(req) {
@@ -101,7 +104,17 @@ async fn post(
             "Bad Request: initialize must not carry an Mcp-Session-Id",
         ),
         Some(s) => {
-            let op = Op::Post { messages, batch };
+            let authz = authz.map(|a| {
+                let (decided, logged) = authz::decide(&a, &messages);
+                log.authz = logged.decision;
+                log.authz_name = logged.name;
+                decided
+            });
+            let op = Op::Post {
+                messages,
+                batch,
+                authz,
+            };
             to_owner(mcp, job(req, s, identity, backend, op)).await
         }
     }

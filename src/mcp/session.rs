@@ -31,8 +31,12 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use std::sync::Arc;
+
+use crate::mcp::authz::PostAuthz;
 use crate::mcp::jsonrpc::{self, Kind, Message, Outgoing};
 use crate::mcp::sse;
+use crate::policy::mcp_authz::{Filtered, ListFilter, ListKind};
 use crate::pool::{ChildHandle, ChildReader, ChildWriter};
 
 /// Pieces a POST's stream may hold before the child's reader waits for the
@@ -60,6 +64,8 @@ struct Pending {
     /// When it times out; pushed back by each of its progress notifications.
     deadline: Instant,
     initialize: bool,
+    /// A list request whose answer is filtered for its caller.
+    list: Option<(ListKind, Arc<ListFilter>)>,
 }
 
 struct State {
@@ -168,11 +174,15 @@ impl Session {
 
     /// Registers the requests among `messages` and queues every line for
     /// the child; returns at once. The SSE stream for their answers when
-    /// they include requests, `None` when they do not (202).
+    /// they include requests, `None` when they do not (202). Requests
+    /// `authz` refused are answered on the stream with their error and
+    /// never reach the child.
     pub fn post(
         &self,
         messages: Vec<Message>,
+        authz: Option<&PostAuthz>,
     ) -> Result<Option<flume::Receiver<Vec<u8>>>, PostError> {
+        let refusal = |i: usize| authz.and_then(|a| a.refusal(i));
         let mut st = self.state.borrow_mut();
         if st.ended {
             return Err(PostError::Ended);
@@ -189,14 +199,18 @@ impl Session {
         }
         // All of a POST's lines go, or none (one thread: nothing fills the
         // queue between this check and the sends below).
-        if OUTBOUND_DEPTH - out.len() < messages.len() {
+        let forwarded = (0..messages.len())
+            .filter(|&i| refusal(i).is_none())
+            .count();
+        if OUTBOUND_DEPTH - out.len() < forwarded {
             return Err(PostError::Busy);
         }
+        let depth = POST_STREAM_DEPTH.max(messages.len());
         let now = Instant::now();
         st.last_active = now;
         let mut stream = None;
         let mut rx = None;
-        for m in messages {
+        for (i, m) in messages.into_iter().enumerate() {
             if let Kind::Request {
                 id,
                 progress_token,
@@ -205,10 +219,16 @@ impl Session {
             } = &m.kind
             {
                 let s = stream.get_or_insert_with(|| {
-                    let (tx, r) = flume::bounded(POST_STREAM_DEPTH);
+                    // Room for every refusal: they are queued before the
+                    // client has the receiving end.
+                    let (tx, r) = flume::bounded(depth);
                     rx = Some(r);
                     Rc::new(PostStream { tx })
                 });
+                if let Some(error) = refusal(i) {
+                    let _ = s.tx.try_send(sse::event(error.as_bytes()));
+                    continue;
+                }
                 if let Some(t) = progress_token {
                     st.progress.insert(t.clone(), id.clone());
                 }
@@ -219,6 +239,7 @@ impl Session {
                         progress: progress_token.clone(),
                         deadline: now + self.request_timeout,
                         initialize: method == "initialize",
+                        list: authz.and_then(|a| a.list(i)),
                     },
                 );
             }
@@ -261,7 +282,7 @@ impl Session {
         let Some(out) = jsonrpc::peek(line) else {
             return false;
         };
-        let event = sse::event(line);
+        let mut list = None;
         let target = {
             let mut st = self.state.borrow_mut();
             match out {
@@ -285,6 +306,7 @@ impl Session {
                         if st.protocol.is_none() {
                             st.protocol = Some(jsonrpc::protocol_version(line).unwrap_or_default());
                         }
+                        list = p.list;
                         Some(p.stream)
                     }
                     None => None,
@@ -307,6 +329,12 @@ impl Session {
                 }
                 _ => None,
             }
+        };
+        // A list answer keeps what its caller may use, spliced from the
+        // child's own bytes; anything else goes as the child wrote it.
+        let event = match list.map(|(kind, f)| f.filter(line, kind)) {
+            Some(Filtered::Spliced { line, .. }) => sse::event(&line),
+            _ => sse::event(line),
         };
         match target {
             // Waits if the client reads slowly; a gone client fails at once.

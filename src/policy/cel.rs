@@ -14,12 +14,14 @@
 //!
 //! `json(x)` parses a string or bytes into CEL values; integers stay exact
 //! integers (whois IDs exceed 2^53), and strings without escapes borrow from
-//! the input.
+//! the input. `globMatch(pattern, name)` matches a name against a grant
+//! written with `*` (any run) and `?` (one character).
 //!
 //! Files, in the order an expression meets them: `compile` (the [`Expr`],
 //! syntax and reference checks), `fast` (the natively rendered concatenations),
 //! `eval` (evaluation, fast path or interpreter), `vars` (the per-request
-//! [`Vars`] and the resolver that serves them), `json` (`json(x)`) and
+//! [`Vars`] and the resolver that serves them), `json` (`json(x)`), `glob`
+//! (`globMatch`) and
 //! `value` (the owned [`Value`] and its conversions); `error` holds
 //! [`CompileError`] and [`EvalError`].
 
@@ -27,6 +29,7 @@ mod compile;
 mod error;
 mod eval;
 mod fast;
+mod glob;
 mod json;
 mod value;
 mod vars;
@@ -39,12 +42,15 @@ use std::sync::Arc;
 use ::cel::common::types::{BYTES_TYPE, STRING_TYPE};
 use ::cel::Env;
 
+use glob::glob_fn;
 use json::json_fn;
+
+pub use glob::glob_match;
 
 pub use compile::Expr;
 pub use error::{CompileError, EvalError, Position, ReferenceError, SyntaxError};
 pub use value::Value;
-pub use vars::{ResponseVars, Vars};
+pub use vars::{McpKind, McpResource, McpVars, ResponseVars, Vars};
 
 thread_local! {
     // One environment per worker thread: `Context` takes an `Arc<Env>`, and a
@@ -58,5 +64,12 @@ fn new_env() -> Env {
         .expect("json(string) is declared once");
     env.add_overload("json", "json_bytes", vec![BYTES_TYPE], json_fn)
         .expect("json(bytes) is declared once");
+    env.add_overload(
+        "globMatch",
+        "glob_match_string_string",
+        vec![STRING_TYPE, STRING_TYPE],
+        glob_fn,
+    )
+    .expect("globMatch(string, string) is declared once");
     env
 }

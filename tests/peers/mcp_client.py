@@ -16,6 +16,10 @@ Scenarios:
   raw-session      initialize and print the session id; the session is NOT deleted
                    (terminate_on_close=False) so the caller can reuse the id with raw
                    HTTP requests.
+  authz            initialize, tools/list, prompts/list, resources/list, then call every
+                   tool named in --try-tools (echo, get-sum or any tool taking no
+                   arguments) and record for each whether it worked or the JSON-RPC
+                   error code it got; then close. Refusals are results, not errors.
 
 Everything is bounded by --timeout (whole run) and per-call read timeouts.
 """
@@ -35,7 +39,7 @@ import mcp_types as types
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-SCENARIOS = ("full", "initialize-only", "raw-session")
+SCENARIOS = ("full", "initialize-only", "raw-session", "authz")
 # Request headers worth asserting on in the proxy's tests.
 INTERESTING_REQ_HEADERS = (
     "accept",
@@ -229,6 +233,28 @@ async def run(args: argparse.Namespace, out: dict[str, Any]) -> None:
                 for key in ("echo", "get_sum", "long_running"):
                     if out[key]["is_error"]:
                         out["errors"].append(f"{key}: tool returned isError: {out[key]['text']}")
+            if args.scenario == "authz":
+                out["stage"] = "list_tools"
+                out["tools"] = [t.name for t in (await client.list_tools()).tools]
+                out["stage"] = "list_prompts"
+                out["prompts"] = [p.name for p in (await client.list_prompts()).prompts]
+                out["stage"] = "list_resources"
+                out["resources"] = [r.uri for r in (await client.list_resources()).resources]
+                out["calls"] = {}
+                for name in [t for t in args.try_tools.split(",") if t]:
+                    out["stage"] = f"call {name}"
+                    arguments = {"echo": {"message": args.message}, "get-sum": {"a": args.a, "b": args.b}}
+                    try:
+                        r = await client.call_tool(name, arguments.get(name, {}))
+                        out["calls"][name] = {"ok": not r.is_error, "text": _text_of(r)}
+                    except Exception as exc:  # noqa: BLE001 - a refusal is the result
+                        error = getattr(exc, "error", None)
+                        out["calls"][name] = {
+                            "ok": False,
+                            "code": getattr(error, "code", None),
+                            "message": getattr(error, "message", str(exc)),
+                            "exception": type(exc).__name__,
+                        }
             if args.linger > 0:
                 out["stage"] = "linger"
                 await anyio.sleep(args.linger)
@@ -264,6 +290,7 @@ def main() -> int:
     )
     p.add_argument("--linger", type=float, default=0.0, help="seconds to stay connected before closing")
     p.add_argument("--message", default="hello from ringgate e2e")
+    p.add_argument("--try-tools", default="", help="authz scenario: comma-separated tools to call")
     p.add_argument("--a", type=float, default=2)
     p.add_argument("--b", type=float, default=3)
     p.add_argument("--duration", type=float, default=0.5, help="long-running op duration (s)")

@@ -62,6 +62,29 @@ pub fn seed_ext_authz(host: &str, extra: &[&str]) -> String {
     out
 }
 
+/// A loopback bind with one route, `name`, that answers `body` directly to
+/// whoever the seed's extAuthz (with `extra` lines) lets in.
+pub fn direct_route_behind_whois(
+    fake: &FakeTailscaled,
+    name: &str,
+    body: &str,
+    extra: &[&str],
+) -> String {
+    format!(
+        r#"
+binds:
+- port: 0
+  address: 127.0.0.1
+  listeners:
+  - routes:
+    - name: {name}
+      policies:
+        directResponse: {{body: "{body}"}}{}
+"#,
+        seed_ext_authz(&fake.target(), extra)
+    )
+}
+
 /// The seed config's access-log fields, as a top-level YAML block.
 pub const SEED_ACCESS_LOG: &str = "frontendPolicies:
   accessLog:

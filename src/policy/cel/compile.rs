@@ -26,6 +26,8 @@ pub(super) struct Compiled {
     pub(super) fast: Option<Vec<Part>>,
     /// `K` when the expression is exactly `extauthz.K`.
     extauthz_key: Option<String>,
+    /// Every `K` the expression reads as `extauthz.K` (not under `has()`).
+    extauthz_reads: Vec<String>,
 }
 
 /// Fields each structured variable has. `extauthz` is absent: its keys are the
@@ -34,6 +36,7 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("source", &["address", "port"]),
     ("request", &["method", "path", "headers"]),
     ("response", &["code", "body", "headers"]),
+    ("mcp", &["methodName", "tool", "prompt", "resource"]),
 ];
 
 /// The function namespaces of the standard library: `optional.of(x)` parses
@@ -67,11 +70,13 @@ impl Expr {
             src,
             program: &program,
             errors: Vec::new(),
+            extauthz_reads: Vec::new(),
         };
         check.walk(program.expression());
         if !check.errors.is_empty() {
             return Err(CompileError::References(check.errors));
         }
+        let extauthz_reads = check.extauthz_reads;
         let fast = fast_path(program.expression());
         let extauthz_key = match &program.expression().expr {
             Node::Select(s) if !s.test => match &s.operand.expr {
@@ -86,6 +91,7 @@ impl Expr {
                 program,
                 fast,
                 extauthz_key,
+                extauthz_reads,
             }),
         })
     }
@@ -99,6 +105,12 @@ impl Expr {
     /// result: the value, or nothing when absent).
     pub fn extauthz_key(&self) -> Option<&str> {
         self.inner.extauthz_key.as_deref()
+    }
+
+    /// The metadata keys the expression reads as `extauthz.K`, so that a
+    /// config can check them against the keys its extAuthz policy defines.
+    pub fn extauthz_reads(&self) -> &[String] {
+        &self.inner.extauthz_reads
     }
 
     /// Whether evaluation bypasses the interpreter.
@@ -142,6 +154,7 @@ struct RefCheck<'c> {
     src: &'c str,
     program: &'c Program,
     errors: Vec<ReferenceError>,
+    extauthz_reads: Vec<String>,
 }
 
 impl<'c> RefCheck<'c> {
@@ -152,6 +165,9 @@ impl<'c> RefCheck<'c> {
                 if let Node::Ident(root) = &sel.operand.expr {
                     if !sel.test && self.is_variable(root) {
                         self.field(sel.operand.id, root, &sel.field);
+                        if root == "extauthz" && !self.bound.contains(&"extauthz") {
+                            self.extauthz_reads.push(sel.field.clone());
+                        }
                     }
                 }
                 if qualified_name(e).is_some_and(|n| ENV.with(|env| is_type(env, &n))) {

@@ -121,6 +121,7 @@ fn request<'a>(addr: &'a str) -> Vars<'a> {
         headers: HEADERS,
         response: None,
         extauthz: None,
+        mcp: None,
     }
 }
 

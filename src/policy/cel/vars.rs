@@ -23,8 +23,50 @@ pub struct Vars<'a> {
     pub headers: &'a [(&'a str, &'a [u8])],
     /// The authz answer, for `metadata` expressions only.
     pub response: Option<ResponseVars<'a>>,
-    /// Metadata values of the authz answer, for access-log expressions.
+    /// Metadata values of the authz answer, for access-log and
+    /// `mcpAuthorization` expressions. Values may be structured (a whois
+    /// `CapMap` is a map of lists of maps) or null.
     pub extauthz: Option<&'a [(String, Value)]>,
+    /// What an MCP request asks for, for `mcpAuthorization` rules.
+    pub mcp: Option<McpVars<'a>>,
+}
+
+/// `mcp.*`: the JSON-RPC method and the tool, prompt or resource it names.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct McpVars<'a> {
+    /// `mcp.methodName`.
+    pub method: &'a str,
+    /// `mcp.tool`, `mcp.prompt` or `mcp.resource`; absent for methods that
+    /// name none (a rule reading `mcp.tool.name` then fails).
+    pub resource: Option<McpResource<'a>>,
+}
+
+/// One tool, prompt or resource: `{name, target}` in CEL.
+#[derive(Clone, Copy, Debug)]
+pub struct McpResource<'a> {
+    pub kind: McpKind,
+    /// The tool or prompt name, or the resource URI.
+    pub name: &'a str,
+    /// The MCP target (backend) that serves it.
+    pub target: &'a str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum McpKind {
+    Tool,
+    Prompt,
+    Resource,
+}
+
+impl McpKind {
+    /// The field of `mcp` it appears under.
+    pub fn field(self) -> &'static str {
+        match self {
+            McpKind::Tool => "tool",
+            McpKind::Prompt => "prompt",
+            McpKind::Resource => "resource",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -73,6 +115,16 @@ impl VariableResolver for Resolver<'_, '_> {
                     ("headers", Box::new(headers_map(r.headers))),
                 ]))
             }
+            "mcp.methodName" => str_val(v.mcp?.method),
+            "mcp" => {
+                let m = v.mcp?;
+                let mut entries: HashMap<CelMapKey<'b>, Box<dyn Val + 'b>> = HashMap::new();
+                entries.insert(CelMapKey::from("methodName"), str_val(m.method));
+                if let Some(r) = m.resource {
+                    entries.insert(CelMapKey::from(r.kind.field()), Box::new(resource_map(r)));
+                }
+                Box::new(CelMap::from(entries))
+            }
             // Without authz metadata, `extauthz` is an empty map: a read is a
             // missing key and `has()` is false, rather than an unknown name.
             "extauthz" => Box::new(CelMap::from(
@@ -83,6 +135,9 @@ impl VariableResolver for Resolver<'_, '_> {
                     .collect::<HashMap<_, _>>(),
             )),
             _ => {
+                if let Some(rest) = name.strip_prefix("mcp.") {
+                    return mcp_field(v.mcp?, rest).map(CowVal::Owned);
+                }
                 let key = name.strip_prefix("extauthz.")?;
                 let (_, val) = v.extauthz?.iter().find(|(k, _)| k == key)?;
                 value_to_val(val)
@@ -90,6 +145,29 @@ impl VariableResolver for Resolver<'_, '_> {
         };
         Some(CowVal::Owned(val))
     }
+}
+
+/// `mcp.tool`, `mcp.tool.name`, `mcp.tool.target` (and the same for prompt
+/// and resource); `None` when the request names no such thing.
+fn mcp_field<'b>(m: McpVars<'b>, rest: &str) -> Option<Box<dyn Val + 'b>> {
+    let r = m.resource?;
+    let (kind, field) = match rest.split_once('.') {
+        Some((k, f)) => (k, Some(f)),
+        None => (rest, None),
+    };
+    if kind != r.kind.field() {
+        return None;
+    }
+    Some(match field {
+        None => Box::new(resource_map(r)),
+        Some("name") => str_val(r.name),
+        Some("target") => str_val(r.target),
+        Some(_) => return None,
+    })
+}
+
+fn resource_map(r: McpResource<'_>) -> CelMap<'_> {
+    map([("name", str_val(r.name)), ("target", str_val(r.target))])
 }
 
 fn str_val(s: &str) -> Box<dyn Val + '_> {
