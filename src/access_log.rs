@@ -141,6 +141,9 @@ pub fn request(ctx: &BindCtx, req: &Request, handled: &Handled, elapsed: Duratio
         if let Some(v) = &m.tool {
             line.field("gen_ai.tool.name", v);
         }
+        if let Some(v) = &m.target {
+            line.field("mcp.target", v);
+        }
         if let Some(v) = &m.session {
             line.field("mcp.session.id", v);
         }

@@ -29,7 +29,10 @@ pub mod authz;
 pub mod endpoint;
 pub mod jsonrpc;
 pub mod multiplex;
+pub mod multiplex_session;
+mod multiplex_worker;
 pub mod session;
+pub mod session_id;
 pub mod sse;
 
 use std::cell::RefCell;
@@ -44,6 +47,7 @@ use crate::config::{Backend, Config, McpSettings};
 use crate::pool::{IdleBoard, Pool, PoolConfig, PoolError};
 use jsonrpc::Message;
 use session::{PostError, Session};
+pub use session_id::{is_npx, new_session_id, owner_of};
 
 /// Protocol revisions ringgate bridges.
 pub const KNOWN_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
@@ -51,55 +55,6 @@ pub const KNOWN_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", 
 pub const DEFAULT_VERSION: &str = "2025-03-26";
 /// Batches were removed after this revision.
 pub const LAST_BATCH_VERSION: &str = "2025-03-26";
-
-/// A new session id owned by `worker`: 4 hex digits, then 32 hex digits of
-/// randomness from the kernel. Fails only if the kernel gives no randomness
-/// (the request that wanted a session gets 503; the worker serves on).
-pub fn new_session_id(worker: usize) -> std::io::Result<String> {
-    let mut bytes = [0u8; 16];
-    fill_random(&mut bytes)?;
-    let mut id = format!("{:04x}", worker & 0xffff);
-    for b in bytes {
-        id.push_str(&format!("{b:02x}"));
-    }
-    Ok(id)
-}
-
-fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        // SAFETY: getrandom writes at most `len` bytes into the buffer we own.
-        let n =
-            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
-        if n > 0 {
-            filled += n as usize;
-        } else {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The worker that owns a session id, if the id is well formed.
-pub fn owner_of(id: &str) -> Option<usize> {
-    if id.len() != 36
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    {
-        return None;
-    }
-    usize::from_str_radix(&id[..4], 16).ok()
-}
-
-fn is_npx(cmd: &str) -> bool {
-    std::path::Path::new(cmd)
-        .file_name()
-        .is_some_and(|n| n == "npx")
-}
 
 /// Jobs a worker's inbox holds before hand-offs to it are refused (503).
 /// The owner answers each at once, so a full inbox means a stalled worker.
@@ -211,6 +166,20 @@ pub struct McpWorker {
     pool_waits: std::cell::Cell<u64>,
     /// Idle sessions ended to make room at `maxLive`.
     evicted: std::cell::Cell<u64>,
+    /// Sessions over several targets ([`multiplex_worker`]).
+    multi: RefCell<HashMap<Rc<str>, Rc<multiplex_session::MultiSession>>>,
+    /// Every MCP backend of the config, by `McpBackend::key`.
+    backends: RefCell<HashMap<String, crate::config::McpBackend>>,
+}
+
+/// Every MCP backend of the config, by key.
+fn backends(config: &Config) -> HashMap<String, crate::config::McpBackend> {
+    let routes = config.binds.iter().flat_map(|b| &b.listeners);
+    let routes = routes.flat_map(|l| &l.routes);
+    let mcp = routes
+        .filter_map(|r| r.backend.as_ref())
+        .map(|Backend::Mcp(m)| m);
+    mcp.map(|m| (m.key(), m.clone())).collect()
 }
 
 /// Every stdio target of the config (each gets a pool, by its key).
@@ -241,6 +210,8 @@ impl McpWorker {
             live,
             pool_waits: std::cell::Cell::new(0),
             evicted: std::cell::Cell::new(0),
+            multi: RefCell::new(HashMap::new()),
+            backends: RefCell::new(backends(config)),
         });
         for m in targets(config) {
             let pool = me.new_pool(m);
@@ -297,6 +268,12 @@ impl McpWorker {
     /// maxLive, line limit, stop grace) and to the idle sweep (TTL).
     pub fn reload(self: &Rc<Self>, config: &Config) {
         *self.settings.borrow_mut() = config.mcp.clone();
+        *self.backends.borrow_mut() = backends(config);
+        let me = self.clone();
+        monoio::spawn(async move {
+            let gone = |k: &str| !me.backends.borrow().contains_key(k);
+            me.end_multi(gone, "MCP target removed by reload").await
+        });
         let cfg = self.pool_config();
         for p in self.pools.borrow().values() {
             p.reconfigure(cfg.clone());
@@ -351,7 +328,7 @@ impl McpWorker {
     }
 
     pub fn session_count(&self) -> usize {
-        self.sessions.borrow().len()
+        self.sessions.borrow().len() + self.multi.borrow().len()
     }
 
     /// Runs `job` on the session's owner, here or on another worker, and
@@ -420,6 +397,9 @@ impl McpWorker {
     }
 
     async fn answer(self: &Rc<Self>, job: Job) -> Reply {
+        if let Some(m) = self.multi_session(&job.session) {
+            return self.answer_multi(m, job).await;
+        }
         let session = self.sessions.borrow().get(job.session.as_str()).cloned();
         let Some(session) = session
             .filter(|s| s.identity == job.identity && s.backend == job.backend && !s.is_ended())
@@ -510,6 +490,9 @@ impl McpWorker {
         identity: String,
         messages: Vec<Message>,
     ) -> Result<(String, flume::Receiver<Vec<u8>>), Reply> {
+        if let Some(b) = self.multiplexed(&backend) {
+            return self.initialize_multi(b, backend, identity, messages).await;
+        }
         let mut evicted = false;
         // A slot freed by an eviction may go to another worker's refill
         // first: then that worker has an idle child, found on the next pass.
@@ -702,6 +685,7 @@ impl McpWorker {
             };
             monoio::time::sleep(every).await;
             let now = Instant::now();
+            self.sweep_multi(now, ttl);
             let all: Vec<Rc<Session>> = self.sessions.borrow().values().cloned().collect();
             for s in all {
                 if s.idle_since().is_some_and(|t| now.duration_since(t) >= ttl) {
@@ -729,6 +713,7 @@ impl McpWorker {
             .into_iter()
             .map(|p| monoio::spawn(async move { p.shutdown().await }))
             .collect();
+        self.end_multi(|_| true, "shutting down").await;
         for s in stops {
             s.await;
         }
@@ -739,7 +724,12 @@ impl McpWorker {
 
     /// Requests of this worker's sessions waiting for their child's answer.
     pub fn in_flight(&self) -> usize {
-        self.sessions.borrow().values().map(|s| s.in_flight()).sum()
+        self.sessions
+            .borrow()
+            .values()
+            .map(|s| s.in_flight())
+            .sum::<usize>()
+            + self.multi_in_flight()
     }
 
     /// Ends every GET stream (drain: those never finish by themselves).
@@ -747,11 +737,13 @@ impl McpWorker {
         for s in self.sessions.borrow().values() {
             s.close_get();
         }
+        self.multi_close_get();
     }
 
     /// Sessions and pool figures for a metrics snapshot.
     pub fn fill_snapshot(&self, snap: &mut crate::stats::Snapshot) {
-        snap.sessions = self.sessions.borrow().len() as u64;
+        // Multiplexed sessions count, but are not evicted (not "idle" here).
+        snap.sessions = self.sessions.borrow().len() as u64 + self.multi_counts().0;
         snap.pool_waits = self.pool_waits.get();
         snap.sessions_evicted = self.evicted.get();
         snap.idle_sessions = self
@@ -780,22 +772,5 @@ impl McpWorker {
                 ],
             });
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn session_ids_name_their_owner_and_are_random() {
-        let a = new_session_id(3).unwrap();
-        let b = new_session_id(3).unwrap();
-        assert_eq!(a.len(), 36);
-        assert_ne!(a, b);
-        assert_eq!(owner_of(&a), Some(3));
-        assert_eq!(owner_of("0003"), None);
-        assert_eq!(owner_of(&a.to_uppercase()), None);
-        assert!(a.bytes().all(|c| c.is_ascii_graphic()));
     }
 }

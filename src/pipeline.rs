@@ -143,6 +143,9 @@ pub async fn respond<'c>(
     let resp = match &route.backend {
         Some(Backend::Mcp(m)) => {
             let identity = identity(req, &admitted.out);
+            let naming = m
+                .is_multiplexing()
+                .then(|| crate::mcp::multiplex::Naming::from_backend(m));
             let headers;
             let authz = match &route.policies.mcp_authorization {
                 Some(rules) => {
@@ -153,6 +156,7 @@ pub async fn respond<'c>(
                         rules,
                         route: &route.name,
                         target: &m.targets[0].name,
+                        naming: naming.as_ref(),
                         vars,
                         stats: &ctx.worker.stats,
                     })

@@ -111,4 +111,6 @@ pub struct McpLog {
     /// with rules, and the tool, prompt or resource it was about.
     pub authz: Option<&'static str>,
     pub authz_name: Option<String>,
+    /// The MCP target a call went to (`mcp.target`, agentgateway's field).
+    pub target: Option<String>,
 }

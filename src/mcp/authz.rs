@@ -23,6 +23,8 @@ pub struct RouteAuthz<'a> {
     pub route: &'a str,
     /// The MCP target's name (`mcp.tool.target`).
     pub target: &'a str,
+    /// Several targets: the target of a call is found from its name.
+    pub naming: Option<&'a crate::mcp::multiplex::Naming>,
     pub vars: Vars<'a>,
     pub stats: &'a Stats,
 }
@@ -93,11 +95,17 @@ pub fn decide(authz: &RouteAuthz, messages: &[Message]) -> (PostAuthz, Logged) {
         if let Some((kind, field)) = governed_call(method) {
             // A call that names nothing cannot be decided: refused.
             let name = named(&m.line, field);
-            let allowed = name.as_deref().is_some_and(|n| {
-                authz
-                    .rules
-                    .decide_for(&authz.vars, method, kind, authz.target, n)
-                    .allowed()
+            let decide = |target: &str, n: &str| {
+                let d = authz.rules.decide_for(&authz.vars, method, kind, target, n);
+                d.allowed()
+            };
+            let allowed = name.as_deref().is_some_and(|n| match authz.naming {
+                None => decide(authz.target, n),
+                // Every target that may serve the name must allow it.
+                Some(naming) => {
+                    let c = naming.candidates(n, field == "uri");
+                    !c.is_empty() && c.iter().all(|(t, n)| decide(&naming.targets[*t], n))
+                }
             });
             let result = if allowed {
                 McpAuthzResult::Allow

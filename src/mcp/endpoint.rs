@@ -27,13 +27,14 @@ pub async fn handle(
     identity: String,
     authz: Option<RouteAuthz<'_>>,
 ) -> (Response, McpLog) {
+    let config = backend;
     let backend = backend.key();
     let mut log = McpLog {
         session: session_header(req),
         ..McpLog::default()
     };
     let resp = match req.method() {
-        "POST" => post(mcp, &backend, req, identity, authz, &mut log).await,
+        "POST" => post(mcp, (config, &backend), req, identity, authz, &mut log).await,
         "GET" => {
             if !accepts_sse(req) {
                 return (Response::text(406, NOT_ACCEPTABLE), log);
@@ -54,7 +55,7 @@ pub async fn handle(
 
 async fn post(
     mcp: &Rc<McpWorker>,
-    backend: &str,
+    (config, backend): (&McpBackend, &str),
     req: &Request<'_>,
     identity: String,
     authz: Option<RouteAuthz<'_>>,
@@ -83,6 +84,7 @@ async fn post(
         if let Kind::Request { tool, .. } = &first.kind {
             log.tool = tool.clone();
         }
+        log.target = call_target(config, first);
     }
     let initialize = messages.iter().any(|m| m.method() == Some("initialize"));
     match &log.session {
@@ -187,4 +189,29 @@ fn is_json(ct: Option<&[u8]>) -> bool {
         let media = ct.split(|b| *b == b';').next().unwrap_or(ct);
         crate::http::parse::trim_ows(media).eq_ignore_ascii_case(b"application/json")
     })
+}
+
+/// The target a call goes to, for the access log: the only one, or the one
+/// its prefixed name or URI names. Under `prefixMode: never` the owner of
+/// the session knows it, not this worker: not logged.
+fn call_target(backend: &McpBackend, m: &jsonrpc::Message) -> Option<String> {
+    let Kind::Request { method, .. } = &m.kind else {
+        return None;
+    };
+    let field = match method.as_str() {
+        "tools/call" | "prompts/get" => "name",
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => "uri",
+        _ => return None,
+    };
+    if !backend.is_multiplexing() {
+        return Some(backend.targets[0].name.clone());
+    }
+    let naming = crate::mcp::multiplex::Naming::from_backend(backend);
+    let span = crate::mcp::multiplex::nested(&m.line, "params", field)?;
+    let value = crate::mcp::multiplex::decode_str(&m.line[span])?;
+    let candidates = naming.candidates(&value, field == "uri");
+    match candidates.as_slice() {
+        [(t, _)] => Some(naming.targets[*t].clone()),
+        _ => None,
+    }
 }

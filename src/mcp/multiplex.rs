@@ -157,6 +157,24 @@ impl Naming {
         Some((self.index(t)?, rest))
     }
 
+    /// The targets that may serve a called name (a URI when `uri`), each
+    /// with the name its child knows: the prefixed one, or under `never`
+    /// every target (the session finds the one that lists it).
+    pub fn candidates<'n>(&self, name: &'n str, uri: bool) -> Vec<(usize, &'n str)> {
+        let routed = if uri {
+            self.route_uri(name)
+        } else {
+            self.route_name(name)
+        };
+        match routed {
+            Some(r) => vec![r],
+            None if !uri && !self.prefix_names => {
+                (0..self.targets.len()).map(|t| (t, name)).collect()
+            }
+            None => Vec::new(),
+        }
+    }
+
     /// Rewrites the string member at `range` of `line` (a client's message)
     /// from its exposed form (a prefixed name, or a URI when `uri`) to the
     /// child's; the target and the new line.
@@ -231,20 +249,37 @@ impl Answer<'_> {
     fn result(&self) -> Option<&str> {
         member(self.line, "result").map(|r| &self.line[r])
     }
+
+    fn error_code(&self) -> Option<i64> {
+        let e = member(self.line, "error")?;
+        let c = member(&self.line[e.clone()], "code")?;
+        self.line[e.start + c.start..e.start + c.end].parse().ok()
+    }
 }
 
 /// Which answers count: an error (or a malformed answer) from any child is
 /// the answer under failClosed; under failOpen those children are left out,
-/// unless none is left.
+/// unless none is left. A child that does not implement the method
+/// (`-32601`, e.g. `prompts/list` of a server without prompts) counts as
+/// an empty answer, as long as another child answered.
 fn usable<'a>(answers: &[Answer<'a>], fail_open: bool) -> Result<Vec<Answer<'a>>, String> {
-    let (ok, bad): (Vec<Answer>, Vec<Answer>) =
+    let (ok, rest): (Vec<Answer>, Vec<Answer>) =
         answers.iter().partition(|a: &&Answer| a.result().is_some());
+    let (absent, bad): (Vec<Answer>, Vec<Answer>) = rest
+        .iter()
+        .partition(|a: &&Answer| a.error_code() == Some(METHOD_NOT_FOUND));
     match bad.first() {
         Some(b) if !fail_open || ok.is_empty() => Err(b.line.to_string()),
-        _ if ok.is_empty() => Err(String::new()),
+        _ if ok.is_empty() => Err(absent
+            .first()
+            .map(|a| a.line.to_string())
+            .unwrap_or_default()),
         _ => Ok(ok),
     }
 }
+
+/// JSON-RPC "Method not found".
+pub const METHOD_NOT_FOUND: i64 = -32601;
 
 /// The items of a list answer, each with the span of its routing member.
 fn items(kind: ListKind, result: &str) -> Vec<(&str, Option<Range<usize>>)> {
