@@ -29,7 +29,10 @@ pub mod authz;
 pub mod endpoint;
 pub mod jsonrpc;
 pub mod session;
+mod session_id;
 pub mod sse;
+
+pub use session_id::{new_session_id, owner_of};
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -50,49 +53,6 @@ pub const KNOWN_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", 
 pub const DEFAULT_VERSION: &str = "2025-03-26";
 /// Batches were removed after this revision.
 pub const LAST_BATCH_VERSION: &str = "2025-03-26";
-
-/// A new session id owned by `worker`: 4 hex digits, then 32 hex digits of
-/// randomness from the kernel. Fails only if the kernel gives no randomness
-/// (the request that wanted a session gets 503; the worker serves on).
-pub fn new_session_id(worker: usize) -> std::io::Result<String> {
-    let mut bytes = [0u8; 16];
-    fill_random(&mut bytes)?;
-    let mut id = format!("{:04x}", worker & 0xffff);
-    for b in bytes {
-        id.push_str(&format!("{b:02x}"));
-    }
-    Ok(id)
-}
-
-fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        // SAFETY: getrandom writes at most `len` bytes into the buffer we own.
-        let n =
-            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
-        if n > 0 {
-            filled += n as usize;
-        } else {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The worker that owns a session id, if the id is well formed.
-pub fn owner_of(id: &str) -> Option<usize> {
-    if id.len() != 36
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    {
-        return None;
-    }
-    usize::from_str_radix(&id[..4], 16).ok()
-}
 
 fn is_npx(cmd: &str) -> bool {
     std::path::Path::new(cmd)
@@ -491,7 +451,9 @@ impl McpWorker {
             return Place::Worker(w);
         }
         self.pool_waits.set(self.pool_waits.get() + 1);
-        if pool.live() < pool.config().max_live {
+        // A child being spawned here (at start-up, after an eviction) counts
+        // as live already: take it when it lands.
+        if pool.spawning() || pool.live() < pool.config().max_live {
             Place::Here
         } else {
             Place::Full
@@ -589,6 +551,10 @@ impl McpWorker {
                 )
             };
             if done {
+                // The evicted child frees its slot once it has exited.
+                let s = self.settings.borrow().clone();
+                let limit = 2 * s.stop_grace + Duration::from_secs(1);
+                session_id::wait_below(&self.live, s.max_live, limit).await;
                 return true;
             }
         }
@@ -778,22 +744,5 @@ impl McpWorker {
                 ],
             });
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn session_ids_name_their_owner_and_are_random() {
-        let a = new_session_id(3).unwrap();
-        let b = new_session_id(3).unwrap();
-        assert_eq!(a.len(), 36);
-        assert_ne!(a, b);
-        assert_eq!(owner_of(&a), Some(3));
-        assert_eq!(owner_of("0003"), None);
-        assert_eq!(owner_of(&a.to_uppercase()), None);
-        assert!(a.bytes().all(|c| c.is_ascii_graphic()));
     }
 }
