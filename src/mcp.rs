@@ -32,8 +32,10 @@ pub mod multiplex;
 pub mod multiplex_session;
 mod multiplex_worker;
 pub mod session;
-pub mod session_id;
+mod session_id;
 pub mod sse;
+
+pub use session_id::{new_session_id, owner_of};
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -47,7 +49,6 @@ use crate::config::{Backend, Config, McpSettings};
 use crate::pool::{IdleBoard, Pool, PoolConfig, PoolError};
 use jsonrpc::Message;
 use session::{PostError, Session};
-pub use session_id::{is_npx, new_session_id, owner_of};
 
 /// Protocol revisions ringgate bridges.
 pub const KNOWN_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
@@ -55,6 +56,12 @@ pub const KNOWN_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", 
 pub const DEFAULT_VERSION: &str = "2025-03-26";
 /// Batches were removed after this revision.
 pub const LAST_BATCH_VERSION: &str = "2025-03-26";
+
+fn is_npx(cmd: &str) -> bool {
+    std::path::Path::new(cmd)
+        .file_name()
+        .is_some_and(|n| n == "npx")
+}
 
 /// Jobs a worker's inbox holds before hand-offs to it are refused (503).
 /// The owner answers each at once, so a full inbox means a stalled worker.
@@ -473,7 +480,9 @@ impl McpWorker {
             return Place::Worker(w);
         }
         self.pool_waits.set(self.pool_waits.get() + 1);
-        if pool.live() < pool.config().max_live {
+        // A child being spawned here (at start-up, after an eviction) counts
+        // as live already: take it when it lands.
+        if pool.spawning() || pool.live() < pool.config().max_live {
             Place::Here
         } else {
             Place::Full
@@ -574,6 +583,10 @@ impl McpWorker {
                 )
             };
             if done {
+                // The evicted child frees its slot once it has exited.
+                let s = self.settings.borrow().clone();
+                let limit = 2 * s.stop_grace + Duration::from_secs(1);
+                session_id::wait_below(&self.live, s.max_live, limit).await;
                 return true;
             }
         }

@@ -267,6 +267,12 @@ impl Pool {
         self.live.load(Ordering::Acquire)
     }
 
+    /// Whether a refill spawn is under way: [`take`](Self::take) waits for
+    /// its child rather than failing.
+    pub fn spawning(&self) -> bool {
+        self.refilling.get() > 0 && !self.shut.get()
+    }
+
     /// The name this pool logs under (target and worker).
     pub fn label(&self) -> &str {
         &self.label

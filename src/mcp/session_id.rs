@@ -1,4 +1,8 @@
-//! Session ids: 4 hex digits naming the owning worker, then 128 random bits.
+//! Session ids: which worker owns a session, and 128 bits of the kernel's
+//! randomness so nobody can guess one.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// A new session id owned by `worker`: 4 hex digits, then 32 hex digits of
 /// randomness from the kernel. Fails only if the kernel gives no randomness
@@ -43,10 +47,13 @@ pub fn owner_of(id: &str) -> Option<usize> {
     usize::from_str_radix(&id[..4], 16).ok()
 }
 
-pub fn is_npx(cmd: &str) -> bool {
-    std::path::Path::new(cmd)
-        .file_name()
-        .is_some_and(|n| n == "npx")
+/// Waits until fewer than `max` children are alive (an evicted session's
+/// child has exited and freed its slot), for at most `limit`.
+pub(super) async fn wait_below(live: &AtomicUsize, max: usize, limit: Duration) {
+    let until = Instant::now() + limit;
+    while live.load(Ordering::Acquire) >= max && Instant::now() < until {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[cfg(test)]
