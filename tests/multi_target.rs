@@ -163,6 +163,8 @@ fn two_real_servers_behind_one_route_with_the_python_sdk() {
         out["resource_read"], 1,
         "a resource read by its exposed URI: {out:#}"
     );
+    // Read by its exposed URI, and answered with that URI.
+    assert_eq!(out["resource_read_uri"], resources[0], "{out:#}");
     assert_eq!(out["echo"], "Echo: hi everything");
     assert_eq!(out["created"]["is_error"], false, "{out:#}");
     let back = out["read_back"]["text"].as_str().unwrap();
@@ -495,4 +497,71 @@ fn example_config_with_two_targets_validates() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn authorization_rules_see_the_target() {
+    let js = server_js();
+    let rules = "policies: {mcpAuthorization: {rules: ['mcp.tool.target == \"a\"', {deny: 'mcp.tool.name == \"get-sum\"'}]}}";
+    let y = config(&[target("a", &js, ""), target("b", &js, "")], "").replace(
+        "      backends:",
+        &format!("      {rules}\n      backends:"),
+    );
+    let p = Proxy::start(&y, &[]);
+    let sid = initialize(&p, SRC, PATH);
+    // The list keeps what the caller may call: a's tools but get-sum.
+    let tools = tool_names(&list(&p, &sid, 2, "tools/list"));
+    assert!(tools.contains(&"a_echo".to_string()), "{tools:?}");
+    assert!(!tools.iter().any(|t| t.starts_with("b_")), "{tools:?}");
+    assert!(!tools.contains(&"a_get-sum".to_string()), "{tools:?}");
+    let r = call(&p, SRC, PATH, &sid, 3, "a_echo", json!({"message": "ok"}));
+    assert_eq!(answer_text(&r, 3).as_deref(), Some("Echo: ok"));
+    for (id, tool) in [(4, "b_echo"), (5, "a_get-sum")] {
+        let r = call(
+            &p,
+            SRC,
+            PATH,
+            &sid,
+            id,
+            tool,
+            json!({"a": 1, "b": 2, "message": "no"}),
+        );
+        let e = r
+            .events()
+            .into_iter()
+            .find(|e| e["id"] == id)
+            .expect("answered");
+        assert_eq!(e["error"]["code"], -32602, "{tool}: {e}");
+    }
+    let denied = p
+        .wait_log(|l| l.contains("gen_ai.tool.name=b_echo"))
+        .unwrap();
+    assert!(
+        denied.contains("mcp.authz=deny") && denied.contains("mcp.target=b"),
+        "{denied}"
+    );
+}
+
+#[test]
+fn prefix_mode_always_prefixes_a_single_target() {
+    let p = Proxy::start(
+        &config(&[target("only", &server_js(), "")], "prefixMode: always, "),
+        &[],
+    );
+    let sid = initialize(&p, SRC, PATH);
+    let tools = tool_names(&list(&p, &sid, 2, "tools/list"));
+    assert!(
+        !tools.is_empty() && tools.iter().all(|t| t.starts_with("only_")),
+        "{tools:?}"
+    );
+    let r = call(
+        &p,
+        SRC,
+        PATH,
+        &sid,
+        3,
+        "only_echo",
+        json!({"message": "one"}),
+    );
+    assert_eq!(answer_text(&r, 3).as_deref(), Some("Echo: one"));
 }

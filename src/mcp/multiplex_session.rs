@@ -319,16 +319,31 @@ impl MultiSession {
             .post(vec![Message { line, kind }], None);
     }
 
-    /// Sends one request to child `t`; its answers go to `tx`.
-    fn to_child(&self, t: usize, m: Message, authz: Option<PostAuthz>, tx: flume::Sender<Vec<u8>>) {
-        let id = match &m.kind {
-            Kind::Request { id, .. } => id.clone(),
-            _ => String::new(),
+    /// Sends one request to child `t`; its answers go to `tx`. An answer to
+    /// `resources/read` gets its contents' URIs as exposed.
+    fn to_child(
+        self: &Rc<Self>,
+        t: usize,
+        m: Message,
+        authz: Option<PostAuthz>,
+        tx: flume::Sender<Vec<u8>>,
+    ) {
+        let (id, read) = match &m.kind {
+            Kind::Request { id, method, .. } => (id.clone(), method == "resources/read"),
+            _ => (String::new(), false),
         };
         match self.children[t].session.post(vec![m], authz.as_ref()) {
             Ok(Some(rx)) => {
+                let me = self.clone();
                 monoio::spawn(async move {
-                    while let Ok(ev) = rx.recv_async().await {
+                    while let Ok(mut ev) = rx.recv_async().await {
+                        if read {
+                            let line = sse::decode(&ev).into_iter().next().unwrap_or_default();
+                            let text = String::from_utf8_lossy(&line);
+                            if let Some(l) = mx::expose_read(&me.naming, t, &text) {
+                                ev = sse::event(l.as_bytes());
+                            }
+                        }
                         if tx.send_async(ev).await.is_err() {
                             break;
                         }

@@ -110,6 +110,20 @@ fn lists_are_merged_by_splicing_items() {
 }
 
 #[test]
+fn read_answers_expose_their_uris() {
+    let n = naming(true);
+    let line = r#"{"jsonrpc":"2.0","id":4,"result":{"contents":[{"uri":"demo://r/1","mimeType":"text/plain","text":"x\n"}, {"blob":"AA=="}]}}"#;
+    assert_eq!(
+        expose_read(&n, 0, line).unwrap(),
+        r#"{"jsonrpc":"2.0","id":4,"result":{"contents":[{"uri":"a+demo://r/1","mimeType":"text/plain","text":"x\n"},{"blob":"AA=="}]}}"#
+    );
+    assert_eq!(
+        expose_read(&n, 0, r#"{"jsonrpc":"2.0","id":4,"error":{}}"#),
+        None
+    );
+}
+
+#[test]
 fn a_failing_child_fails_the_list_or_is_left_out() {
     let n = naming(true);
     let ok = r#"{"jsonrpc":"2.0","id":1,"result":{"prompts":[{"name":"p"}]}}"#;

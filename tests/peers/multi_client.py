@@ -92,6 +92,7 @@ async def run(args: argparse.Namespace, out: dict[str, Any]) -> None:
                     out["stage"] = "read resource"
                     rr = await client.read_resource(resources[0].uri)
                     out["resource_read"] = len(rr.contents)
+                    out["resource_read_uri"] = str(rr.contents[0].uri)
             if args.scenario == "twins":
                 progress: dict[str, list[float]] = {"a": [], "b": []}
                 texts: dict[str, str] = {}
