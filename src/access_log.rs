@@ -140,6 +140,9 @@ pub fn request(ctx: &BindCtx, req: &Request, handled: &Handled, elapsed: Duratio
         if let Some(v) = &m.session {
             line.field("mcp.session.id", v);
         }
+        if let Some(v) = &m.target {
+            line.field("mcp.target", v);
+        }
     }
     if let Some(route) = handled.route {
         line.field("route", &route.name);

@@ -106,4 +106,6 @@ pub struct McpLog {
     pub method: Option<String>,
     pub tool: Option<String>,
     pub session: Option<String>,
+    /// The MCP target (set for 2026-07-28 requests).
+    pub target: Option<String>,
 }

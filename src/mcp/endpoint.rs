@@ -14,6 +14,7 @@ use std::rc::Rc;
 use crate::config::McpBackend;
 use crate::http::response::{Body, Response};
 use crate::mcp::jsonrpc::{self, Kind};
+use crate::mcp::modern;
 use crate::mcp::{Job, McpWorker, Op, Reply};
 use crate::request::{McpLog, Request};
 
@@ -25,13 +26,15 @@ pub async fn handle(
     req: &Request<'_>,
     identity: String,
 ) -> (Response, McpLog) {
+    let backend_cfg = backend;
     let backend = backend.key();
     let mut log = McpLog {
         session: session_header(req),
         ..McpLog::default()
     };
     let resp = match req.method() {
-        "POST" => post(mcp, &backend, req, identity, &mut log).await,
+        "GET" | "DELETE" if modern::is_modern_header(req) => modern::not_allowed(),
+        "POST" => post(mcp, backend_cfg, &backend, req, identity, &mut log).await,
         "GET" => {
             if !accepts_sse(req) {
                 return (Response::text(406, NOT_ACCEPTABLE), log);
@@ -52,6 +55,7 @@ pub async fn handle(
 
 async fn post(
     mcp: &Rc<McpWorker>,
+    backend_cfg: &McpBackend,
     backend: &str,
     req: &Request<'_>,
     identity: String,
@@ -75,6 +79,9 @@ async fn post(
                 .body(Body::Bytes(body.into_bytes()));
         }
     };
+    if modern::is_modern(req, &messages) {
+        return modern::post(&mcp.shared, backend_cfg, req, messages, batch, log).await;
+    }
     if let Some(first) = messages.first() {
         log.method = first.method().map(str::to_string);
         if let Kind::Request { tool, .. } = &first.kind {
