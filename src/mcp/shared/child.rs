@@ -318,7 +318,9 @@ impl SharedChild {
                 "request timed out at the proxy"
             };
             if let Waiter::Client { id, tx, .. } = &p.waiter {
-                if !closed {
+                if closed {
+                    info!(slot = self.slot, request.id = %id, "modern MCP request cancelled: its client closed the stream");
+                } else {
                     warn!(slot = self.slot, request.id = %id, "modern MCP request timed out; cancelling it");
                     let e = jsonrpc::error_line(
                         Some(id),
