@@ -23,13 +23,16 @@
 //! - [`endpoint`]: POST / GET / DELETE checks and statuses
 //! - [`jsonrpc`]: classify client messages, peek at child lines
 //! - [`session`]: one session's routing of child output
+//! - [`modern`], [`shared`]: 2026-07-28 requests over shared children
 //! - [`sse`]: event encoding
 
 pub mod authz;
 pub mod endpoint;
 pub mod jsonrpc;
+pub mod modern;
 pub mod session;
 mod session_id;
+pub mod shared;
 pub mod sse;
 
 pub use session_id::{new_session_id, owner_of};
@@ -170,9 +173,11 @@ pub struct McpWorker {
     pool_waits: std::cell::Cell<u64>,
     /// Idle sessions ended to make room at `maxLive`.
     evicted: std::cell::Cell<u64>,
+    /// 2026-07-28 requests' shared children.
+    pub shared: shared::Shared,
 }
 
-fn backends(config: &Config) -> impl Iterator<Item = &crate::config::McpBackend> {
+pub(crate) fn backends(config: &Config) -> impl Iterator<Item = &crate::config::McpBackend> {
     config
         .binds
         .iter()
@@ -196,6 +201,7 @@ impl McpWorker {
             boards: RefCell::new(HashMap::new()),
             hub,
             settings: RefCell::new(config.mcp.clone()),
+            shared: shared::Shared::new(worker, config, live.clone()),
             live,
             pool_waits: std::cell::Cell::new(0),
             evicted: std::cell::Cell::new(0),
@@ -255,6 +261,7 @@ impl McpWorker {
     /// maxLive, line limit, stop grace) and to the idle sweep (TTL).
     pub fn reload(self: &Rc<Self>, config: &Config) {
         *self.settings.borrow_mut() = config.mcp.clone();
+        self.shared.reload(config);
         let cfg = self.pool_config();
         for p in self.pools.borrow().values() {
             p.reconfigure(cfg.clone());
@@ -699,11 +706,17 @@ impl McpWorker {
         for p in pool_stops {
             p.await;
         }
+        self.shared.shutdown().await;
     }
 
     /// Requests of this worker's sessions waiting for their child's answer.
     pub fn in_flight(&self) -> usize {
-        self.sessions.borrow().values().map(|s| s.in_flight()).sum()
+        self.sessions
+            .borrow()
+            .values()
+            .map(|s| s.in_flight())
+            .sum::<usize>()
+            + self.shared.in_flight()
     }
 
     /// Ends every GET stream (drain: those never finish by themselves).

@@ -111,4 +111,6 @@ pub struct McpLog {
     /// with rules, and the tool, prompt or resource it was about.
     pub authz: Option<&'static str>,
     pub authz_name: Option<String>,
+    /// The MCP target (set for 2026-07-28 requests).
+    pub target: Option<String>,
 }
