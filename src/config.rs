@@ -55,6 +55,8 @@ pub const DEFAULT_MAX_BUFFERED_MESSAGES: usize = 256;
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_STOP_GRACE_MS: u64 = 2_000;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_SHARED_CHILDREN: usize = 2;
+pub const DEFAULT_MAX_IN_FLIGHT_PER_CHILD: usize = 32;
 
 /// `config.mcp` (ringgate extension): sessions and the child pool.
 #[derive(Debug, Clone)]
@@ -75,6 +77,13 @@ pub struct McpSettings {
     /// after its last progress notification) gets a JSON-RPC error, and the
     /// child gets `notifications/cancelled` for it.
     pub request_timeout: Duration,
+    /// Shared, pre-initialized children per worker and target for
+    /// 2026-07-28 requests (started by a target's first such request).
+    pub shared_children: usize,
+    /// Requests in flight on one shared child; beyond, 503.
+    pub max_in_flight_per_child: usize,
+    /// `ttlMs` of cacheable 2026-07-28 results and of `server/discover`.
+    pub cache_ttl: Duration,
 }
 
 impl Default for McpSettings {
@@ -87,6 +96,9 @@ impl Default for McpSettings {
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             stop_grace: Duration::from_millis(DEFAULT_STOP_GRACE_MS),
             request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
+            shared_children: DEFAULT_SHARED_CHILDREN,
+            max_in_flight_per_child: DEFAULT_MAX_IN_FLIGHT_PER_CHILD,
+            cache_ttl: Duration::ZERO,
         }
     }
 }

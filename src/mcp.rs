@@ -23,16 +23,19 @@
 //! - [`endpoint`]: POST / GET / DELETE checks and statuses
 //! - [`jsonrpc`]: classify client messages, peek at child lines
 //! - [`session`]: one session's routing of child output
+//! - [`modern`], [`shared`]: 2026-07-28 requests over shared children
 //! - [`sse`]: event encoding
 
 pub mod authz;
 pub mod endpoint;
 pub mod jsonrpc;
+pub mod modern;
 pub mod multiplex;
 pub mod multiplex_session;
 mod multiplex_worker;
 pub mod session;
 mod session_id;
+pub mod shared;
 pub mod sse;
 
 pub use session_id::{new_session_id, owner_of};
@@ -177,20 +180,12 @@ pub struct McpWorker {
     multi: RefCell<HashMap<Rc<str>, Rc<multiplex_session::MultiSession>>>,
     /// Every MCP backend of the config, by `McpBackend::key`.
     backends: RefCell<HashMap<String, crate::config::McpBackend>>,
-}
-
-/// Every MCP backend of the config, by key.
-fn backends(config: &Config) -> HashMap<String, crate::config::McpBackend> {
-    let routes = config.binds.iter().flat_map(|b| &b.listeners);
-    let routes = routes.flat_map(|l| &l.routes);
-    let mcp = routes
-        .filter_map(|r| r.backend.as_ref())
-        .map(|Backend::Mcp(m)| m);
-    mcp.map(|m| (m.key(), m.clone())).collect()
+    /// 2026-07-28 requests' shared children.
+    pub shared: shared::Shared,
 }
 
 /// Every stdio target of the config (each gets a pool, by its key).
-fn targets(config: &Config) -> impl Iterator<Item = &crate::config::McpTarget> {
+pub(crate) fn targets(config: &Config) -> impl Iterator<Item = &crate::config::McpTarget> {
     config
         .binds
         .iter()
@@ -214,11 +209,12 @@ impl McpWorker {
             boards: RefCell::new(HashMap::new()),
             hub,
             settings: RefCell::new(config.mcp.clone()),
+            shared: shared::Shared::new(worker, config, live.clone()),
             live,
             pool_waits: std::cell::Cell::new(0),
             evicted: std::cell::Cell::new(0),
             multi: RefCell::new(HashMap::new()),
-            backends: RefCell::new(backends(config)),
+            backends: RefCell::new(multiplex_worker::backend_map(config)),
         });
         for m in targets(config) {
             let pool = me.new_pool(m);
@@ -275,12 +271,13 @@ impl McpWorker {
     /// maxLive, line limit, stop grace) and to the idle sweep (TTL).
     pub fn reload(self: &Rc<Self>, config: &Config) {
         *self.settings.borrow_mut() = config.mcp.clone();
-        *self.backends.borrow_mut() = backends(config);
+        *self.backends.borrow_mut() = multiplex_worker::backend_map(config);
         let me = self.clone();
         monoio::spawn(async move {
             let gone = |k: &str| !me.backends.borrow().contains_key(k);
             me.end_multi(gone, "MCP target removed by reload").await
         });
+        self.shared.reload(config);
         let cfg = self.pool_config();
         for p in self.pools.borrow().values() {
             p.reconfigure(cfg.clone());
@@ -733,6 +730,7 @@ impl McpWorker {
         for p in pool_stops {
             p.await;
         }
+        self.shared.shutdown().await;
     }
 
     /// Requests of this worker's sessions waiting for their child's answer.
@@ -743,6 +741,7 @@ impl McpWorker {
             .map(|s| s.in_flight())
             .sum::<usize>()
             + self.multi_in_flight()
+            + self.shared.in_flight()
     }
 
     /// Ends every GET stream (drain: those never finish by themselves).

@@ -52,6 +52,8 @@ fn python_client_with(url: &str, src: &str, scenario: &str, extra: &[&str]) -> V
     let out = Command::new(format!("{PEERS}/.venv/bin/python"))
         .arg(format!("{PEERS}/mcp_client.py"))
         .args(["--url", url, "--source-ip", src, "--scenario", scenario])
+        // The handshake era: `auto` now settles on 2026-07-28 (tests/modern.rs).
+        .args(["--mode", "legacy"])
         .args(extra)
         .args(["--steps", "4", "--duration", "0.4", "--timeout", "60"])
         .output()

@@ -306,3 +306,102 @@ fn a_batch_holds_back_only_what_is_refused() {
     assert_eq!(count(&lines, "tools/list"), 1, "{lines:#?}");
     assert_eq!(count(&lines, "resources/read"), 0, "{lines:#?}");
 }
+
+/// A 2026-07-28 request (no session) from `src`, as raw HTTP; the answer's
+/// JSON-RPC message, from an SSE stream or a JSON body.
+fn modern_request(
+    p: &Proxy,
+    src: &str,
+    id: u64,
+    method: &str,
+    name: Option<&str>,
+    params: &str,
+) -> Value {
+    let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}"#;
+    let params = if params.is_empty() {
+        format!("{{{meta}}}")
+    } else {
+        format!("{{{params},{meta}}}")
+    };
+    let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{params}}}"#);
+    let mut head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: gw\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Type: application/json\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Method: {method}\r\n\
+         Connection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(n) = name {
+        head.push_str(&format!("Mcp-Name: {n}\r\n"));
+    }
+    let r = request_from(src, p.addr(), &format!("{head}\r\n{body}"));
+    assert_eq!(r.status, 200, "{method}: {}", r.text());
+    if r.header("content-type") == Some("text/event-stream") {
+        r.events()
+            .into_iter()
+            .find(|e| e["id"] == id)
+            .unwrap_or_else(|| panic!("no answer to {id}: {}", r.text()))
+    } else {
+        serde_json::from_slice(&r.body).expect("a JSON-RPC answer")
+    }
+}
+
+#[test]
+fn modern_requests_are_authorized_like_session_ones() {
+    let fake = FakeTailscaled::builder()
+        .node(
+            Node::user(
+                "127.0.0.2",
+                "alice-laptop.tail1234.ts.net.",
+                "alice@example.com",
+            )
+            .with_cap_map(r#"{"example.com/cap/mcp": [{"tools": ["echo", "get-sum"]}]}"#),
+        )
+        .user(
+            "127.0.0.4",
+            "bob-laptop.tail1234.ts.net.",
+            "bob@example.com",
+        )
+        .start();
+    let tap = tempfile::tempdir().unwrap();
+    let p = Proxy::start(&grants_config(&fake, tap.path()), &[]);
+
+    let list = modern_request(&p, "127.0.0.2", 1, "tools/list", None, "");
+    let listed: BTreeSet<String> = list["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list:#}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, set(&["echo", "get-sum"]), "{list:#}");
+    let bob_list = modern_request(&p, "127.0.0.4", 2, "tools/list", None, "");
+    assert_eq!(
+        bob_list["result"]["tools"],
+        Value::Array(vec![]),
+        "{bob_list:#}"
+    );
+
+    let echo = r#""name":"echo","arguments":{"message":"modern alice"}"#;
+    let ok = modern_request(&p, "127.0.0.2", 3, "tools/call", Some("echo"), echo);
+    assert!(
+        ok["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("modern alice"),
+        "{ok:#}"
+    );
+    let env = r#""name":"get-env","arguments":{}"#;
+    let no = modern_request(&p, "127.0.0.2", 4, "tools/call", Some("get-env"), env);
+    assert_eq!(no["id"], 4, "{no:#}");
+    assert_eq!(no["error"]["code"], -32602, "{no:#}");
+    let bob_echo = r#""name":"echo","arguments":{"message":"modern bob"}"#;
+    let no = modern_request(&p, "127.0.0.4", 5, "tools/call", Some("echo"), bob_echo);
+    assert_eq!(no["error"]["code"], -32602, "{no:#}");
+
+    // No refused call reached a child.
+    let lines = children_received(tap.path());
+    assert_eq!(
+        tool_calls(&lines),
+        set(&["echo modern alice"]),
+        "{lines:#?}"
+    );
+}

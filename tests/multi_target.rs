@@ -58,9 +58,13 @@ fn temp_dir(tag: &str) -> std::path::PathBuf {
 }
 
 fn sdk(url: &str, scenario: &str) -> Value {
+    sdk_mode(url, scenario, "legacy")
+}
+
+fn sdk_mode(url: &str, scenario: &str, mode: &str) -> Value {
     let out = Command::new(format!("{PEERS}/.venv/bin/python"))
         .arg(format!("{PEERS}/multi_client.py"))
-        .args(["--url", url, "--scenario", scenario])
+        .args(["--url", url, "--scenario", scenario, "--mode", mode])
         .output()
         .expect("run the Python MCP client (tests/peers/setup.sh installs it)");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -564,4 +568,30 @@ fn prefix_mode_always_prefixes_a_single_target() {
         json!({"message": "one"}),
     );
     assert_eq!(answer_text(&r, 3).as_deref(), Some("Echo: one"));
+}
+
+#[test]
+fn sdk_auto_mode_falls_back_to_a_session_for_several_targets() {
+    let dir = temp_dir("auto");
+    let p = Proxy::start(&config(&everything_and_memory(&dir), ""), &[]);
+    let url = format!("http://{}{PATH}", p.addr());
+    // A 2026-07-28 request is refused with the versions to use instead.
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"server/discover","params":{"_meta":{
+        "io.modelcontextprotocol/protocolVersion":"2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities":{}}}});
+    let raw = post_bytes(PATH, None, &body).replace(
+        "Content-Type: application/json\r\n",
+        "Content-Type: application/json\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Method: server/discover\r\n",
+    );
+    let r = request_from(SRC, p.addr(), &raw);
+    assert_eq!(r.status, 400, "{}", r.text());
+    let e: Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(e["error"]["code"], -32022, "{e}");
+    assert_eq!(e["error"]["data"]["supported"][0], "2024-11-05", "{e}");
+    // The SDK's auto mode then initializes a session and is served.
+    let out = sdk_mode(&url, "two-servers", "auto");
+    assert_eq!(out["ok"], true, "{out:#}");
+    assert_eq!(out["server"], "ringgate");
+    assert_eq!(out["echo"], "Echo: hi everything");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -159,6 +159,9 @@ fn mcp_settings(node: Node, s: &mut McpSettings, errs: &mut ConfigErrors) {
         "maxLineBytes",
         "stopGrace",
         "requestTimeout",
+        "sharedChildren",
+        "maxInFlightPerChild",
+        "cacheTtl",
     ];
     let Some(m) = node.map(errs, &keys) else {
         return;
@@ -178,6 +181,17 @@ fn mcp_settings(node: Node, s: &mut McpSettings, errs: &mut ConfigErrors) {
     }
     if let Some(n) = num("maxLineBytes", 1024, 1 << 30, errs) {
         s.max_line_bytes = n as usize;
+    }
+    if let Some(n) = num("sharedChildren", 1, 64, errs) {
+        s.shared_children = n as usize;
+    }
+    if let Some(n) = num("maxInFlightPerChild", 1, 1 << 16, errs) {
+        s.max_in_flight_per_child = n as usize;
+    }
+    if let Some((v, p)) = m.get("cacheTtl") {
+        if let Some(d) = Node::new(v, &p).duration(errs) {
+            s.cache_ttl = d;
+        }
     }
     if let Some((v, p)) = m.get("sessionIdleTimeout") {
         if let Some(d) = Node::new(v, &p).duration(errs) {

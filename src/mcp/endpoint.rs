@@ -15,6 +15,7 @@ use crate::config::McpBackend;
 use crate::http::response::{Body, Response};
 use crate::mcp::authz::{self, RouteAuthz};
 use crate::mcp::jsonrpc::{self, Kind};
+use crate::mcp::modern;
 use crate::mcp::{Job, McpWorker, Op, Reply};
 use crate::request::{McpLog, Request};
 
@@ -27,14 +28,15 @@ pub async fn handle(
     identity: String,
     authz: Option<RouteAuthz<'_>>,
 ) -> (Response, McpLog) {
-    let config = backend;
+    let backend_cfg = backend;
     let backend = backend.key();
     let mut log = McpLog {
         session: session_header(req),
         ..McpLog::default()
     };
     let resp = match req.method() {
-        "POST" => post(mcp, (config, &backend), req, identity, authz, &mut log).await,
+        "GET" | "DELETE" if modern::is_modern_header(req) => modern::not_allowed(),
+        "POST" => post(mcp, backend_cfg, &backend, req, identity, authz, &mut log).await,
         "GET" => {
             if !accepts_sse(req) {
                 return (Response::text(406, NOT_ACCEPTABLE), log);
@@ -55,7 +57,8 @@ pub async fn handle(
 
 async fn post(
     mcp: &Rc<McpWorker>,
-    (config, backend): (&McpBackend, &str),
+    backend_cfg: &McpBackend,
+    backend: &str,
     req: &Request<'_>,
     identity: String,
     authz: Option<RouteAuthz<'_>>,
@@ -79,12 +82,15 @@ async fn post(
                 .body(Body::Bytes(body.into_bytes()));
         }
     };
+    if modern::is_modern(req, &messages) {
+        return modern::post(&mcp.shared, backend_cfg, req, messages, batch, authz, log).await;
+    }
     if let Some(first) = messages.first() {
         log.method = first.method().map(str::to_string);
         if let Kind::Request { tool, .. } = &first.kind {
             log.tool = tool.clone();
         }
-        log.target = call_target(config, first);
+        log.target = call_target(backend_cfg, first);
     }
     let initialize = messages.iter().any(|m| m.method() == Some("initialize"));
     match &log.session {

@@ -3,6 +3,7 @@
 //! it. A multiplexed session lives on the worker that created it, as every
 //! session does; its `initialize` is never handed to another worker.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,18 @@ use crate::mcp::{
     NO_SERVER,
 };
 use crate::pool::PoolError;
+
+/// Every MCP backend of the config, by key.
+pub(super) fn backend_map(
+    config: &crate::config::Config,
+) -> HashMap<String, crate::config::McpBackend> {
+    let routes = config.binds.iter().flat_map(|b| &b.listeners);
+    let routes = routes.flat_map(|l| &l.routes);
+    let mcp = routes
+        .filter_map(|r| r.backend.as_ref())
+        .map(|crate::config::Backend::Mcp(m)| m);
+    mcp.map(|m| (m.key(), m.clone())).collect()
+}
 
 impl McpWorker {
     /// The multiplexed session `id`, if there is one.

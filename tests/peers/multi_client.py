@@ -58,7 +58,7 @@ async def run(args: argparse.Namespace, out: dict[str, Any]) -> None:
     async with httpx2.AsyncClient(**kwargs) as http:
         client = Client(
             streamable_http_client(args.url, http_client=http),
-            mode="legacy",
+            mode=args.mode,
             read_timeout_seconds=args.timeout,
             message_handler=on_message,
             list_roots_callback=list_roots if args.scenario == "twins" else None,
@@ -147,6 +147,7 @@ def main() -> int:
     p.add_argument("--url", required=True)
     p.add_argument("--scenario", required=True, choices=("two-servers", "twins", "never"))
     p.add_argument("--source-ip", default=None)
+    p.add_argument("--mode", default="legacy", choices=("legacy", "auto"))
     p.add_argument("--duration", type=float, default=0.5)
     p.add_argument("--linger", type=float, default=5.0)
     p.add_argument("--timeout", type=float, default=30.0)

@@ -1,0 +1,266 @@
+//! MCP 2026-07-28 (stateless) on the same endpoint as the handshake era,
+//! decided per request.
+//!
+//! A request is modern when its `MCP-Protocol-Version` header is
+//! 2026-07-28, or its body carries the `_meta`
+//! `io.modelcontextprotocol/protocolVersion` envelope; everything else is
+//! handshake-era and goes to `endpoint`'s sessions unchanged. Modern rules
+//! (`basic/transports/streamable-http` of the revision):
+//! - POST only: GET and DELETE with the modern version header get 405;
+//! - one message per POST (a batch is 400 / -32600); notifications 202;
+//!   `Mcp-Session-Id` and `Last-Event-ID` are ignored, no session minted;
+//! - the header checks of [`checks`], each with the spec's status and code;
+//! - `server/discover` is answered by ringgate from what the target's child
+//!   said in ringgate's own `initialize` ([`shared`](crate::mcp::shared));
+//! - methods the revision removed (`initialize`, `ping`,
+//!   `logging/setLevel`, `resources/subscribe`...) and the ones ringgate
+//!   does not serve yet (`subscriptions/listen`) are 404 / -32601;
+//! - any other request goes to a shared child of this worker; its answer
+//!   (and its progress notifications) come on an SSE stream with
+//!   `X-Accel-Buffering: no`; closing that stream cancels the request.
+//!
+//! - [`envelope`]: the members of a request ringgate reads
+//! - [`checks`]: header and version checks
+//! - [`splice`]: id, progress token and result field splicing
+
+pub mod checks;
+pub mod envelope;
+pub mod splice;
+
+use crate::config::McpBackend;
+use crate::http::response::{Body, Response};
+use crate::mcp::authz::{self, RouteAuthz};
+use crate::mcp::jsonrpc::{self, Kind, Message};
+use crate::mcp::shared::{Shared, SubmitError, Unavailable};
+use crate::request::{McpLog, Request};
+use checks::MODERN_VERSION;
+
+/// Methods the 2026-07-28 revision removed, and `subscriptions/listen`,
+/// which ringgate does not serve yet.
+const NOT_SERVED: &[&str] = &[
+    "initialize",
+    "ping",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "subscriptions/listen",
+];
+
+/// Results clients may cache: they get `ttlMs` and `cacheScope`. The scope
+/// is `private`: what a caller may see can depend on who calls.
+const CACHEABLE: &[&str] = &[
+    "tools/list",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+];
+
+/// The request's `MCP-Protocol-Version` header names 2026-07-28.
+pub fn is_modern_header(req: &Request) -> bool {
+    req.header("mcp-protocol-version")
+        .is_some_and(|v| crate::http::parse::trim_ows(v) == MODERN_VERSION.as_bytes())
+}
+
+/// A POST is modern by its header or by the body's envelope.
+pub fn is_modern(req: &Request, messages: &[Message]) -> bool {
+    is_modern_header(req)
+        || messages.iter().any(|m| {
+            envelope::mentions_version_key(m.line.as_bytes())
+                && envelope::parse(&m.line).is_some_and(|e| e.has_version_key)
+        })
+}
+
+/// GET or DELETE of a modern client.
+pub fn not_allowed() -> Response {
+    Response::text(405, "Method Not Allowed: 2026-07-28 clients use POST only")
+        .header("allow", "POST")
+}
+
+/// A JSON-RPC error answer with an HTTP status.
+fn error(status: u16, id: Option<&str>, code: i64, message: &str, data: Option<&str>) -> Response {
+    let mut line = jsonrpc::error_line(id, code, message);
+    if let Some(d) = data {
+        // Before the two closing braces of `error` and the message.
+        line.truncate(line.len() - 2);
+        line.push_str(",\"data\":");
+        line.push_str(d);
+        line.push_str("}}");
+    }
+    Response::new(status)
+        .header("content-type", "application/json")
+        .body(Body::Bytes(line.into_bytes()))
+}
+
+fn sse(rx: flume::Receiver<Vec<u8>>) -> Response {
+    Response::new(200)
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(Body::Stream(rx))
+}
+
+fn unavailable(u: Unavailable) -> Response {
+    let text = match u {
+        Unavailable::NotReady => "MCP server not available",
+        Unavailable::Busy => "MCP servers busy",
+    };
+    Response::text(503, text).header("retry-after", "1")
+}
+
+/// Serves a modern POST (already past the Accept, Content-Type and JSON
+/// checks).
+pub async fn post(
+    shared: &Shared,
+    backend: &McpBackend,
+    req: &Request<'_>,
+    messages: Vec<Message>,
+    batch: bool,
+    authz: Option<RouteAuthz<'_>>,
+    log: &mut McpLog,
+) -> Response {
+    log.session = None;
+    // Several targets are served to handshake-era sessions only: the
+    // client is told which versions to use (the SDKs fall back).
+    if backend.is_multiplexing() {
+        let supported = serde_json::to_string(crate::mcp::KNOWN_VERSIONS).unwrap_or_default();
+        let data = format!(r#"{{"supported":{supported},"requested":"2026-07-28"}}"#);
+        let message = "2026-07-28 is not served for several MCP targets";
+        return error(400, None, checks::UNSUPPORTED_VERSION, message, Some(&data));
+    }
+    let backend = &backend.targets[0];
+    log.target = Some(backend.name.clone());
+    if batch {
+        return error(
+            400,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "a 2026-07-28 POST carries one JSON-RPC message",
+            None,
+        );
+    }
+    let m = &messages[0];
+    log.method = m.method().map(str::to_string);
+    match &m.kind {
+        Kind::Notification { .. } => return Response::new(202),
+        Kind::Response { .. } => {
+            return error(
+                400,
+                None,
+                jsonrpc::INVALID_REQUEST,
+                "2026-07-28 clients send no JSON-RPC responses",
+                None,
+            )
+        }
+        Kind::Request { tool, .. } => log.tool = tool.clone(),
+    }
+    let Some(env) = envelope::parse(&m.line) else {
+        return error(400, None, jsonrpc::INVALID_REQUEST, "Invalid Request", None);
+    };
+    let id = env.id.map(|i| i.get());
+    let headers = req.headers();
+    if let Err(r) = checks::check(&headers, &env, &[]) {
+        return error(r.status, id, r.code, &r.message, r.data.as_deref());
+    }
+    let method = env.method.as_deref().unwrap_or("");
+    if NOT_SERVED.contains(&method) || method.starts_with("tasks/") {
+        return error(404, id, checks::METHOD_NOT_FOUND, "Method not found", None);
+    }
+    let target = shared.target(backend);
+    if method == "server/discover" {
+        return match target.info().await {
+            Ok(info) => discover(
+                id.unwrap_or("null"),
+                &info,
+                shared.settings().cache_ttl.as_millis() as u64,
+            ),
+            Err(u) => unavailable(u),
+        };
+    }
+    if method == "tools/call" {
+        let info = match target.info().await {
+            Ok(i) => i,
+            Err(u) => return unavailable(u),
+        };
+        let name = env.name.and_then(envelope::string);
+        if let Some(p) = name.and_then(|n| info.tool_params.get(n.as_ref())) {
+            if let Err(r) = checks::check_params(&headers, &env, p) {
+                return error(r.status, id, r.code, &r.message, None);
+            }
+        }
+    }
+    // Per-tool authorization, as for a session's requests: the header
+    // checks above made `Mcp-Name` agree with the body, which decides.
+    let mut list = None;
+    if let Some(a) = authz {
+        let (decided, logged) = authz::decide(&a, &messages);
+        log.authz = logged.decision;
+        log.authz_name = logged.name;
+        if let Some(line) = decided.refusal(0) {
+            return Response::new(200)
+                .header("content-type", "application/json")
+                .body(Body::Bytes(line.as_bytes().to_vec()));
+        }
+        list = decided.list(0);
+    }
+    let cache = CACHEABLE
+        .contains(&method)
+        .then(|| (shared.settings().cache_ttl.as_millis() as u64, "private"));
+    let child = match target.pick().await {
+        Ok(c) => c,
+        Err(u) => return unavailable(u),
+    };
+    match child.submit(&m.line, &env, cache, list) {
+        Ok(rx) => sse(rx),
+        Err(SubmitError::Busy) => unavailable(Unavailable::Busy),
+        Err(SubmitError::Dead) => unavailable(Unavailable::NotReady),
+    }
+}
+
+/// ringgate's `server/discover` answer (ringgate's own JSON, with the
+/// child's capabilities, instructions and serverInfo as it wrote them).
+fn discover(id: &str, info: &crate::mcp::shared::ChildInfo, ttl_ms: u64) -> Response {
+    let mut r = format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"result":{{"supportedVersions":{},"capabilities":{}"#,
+        checks::supported_json(),
+        info.capabilities
+    );
+    if let Some(i) = &info.instructions {
+        r.push_str(",\"instructions\":");
+        r.push_str(i);
+    }
+    r.push_str(&format!(
+        r#","ttlMs":{ttl_ms},"cacheScope":"private","resultType":"complete""#
+    ));
+    if let Some(s) = &info.server_info {
+        r.push_str(",\"_meta\":{\"io.modelcontextprotocol/serverInfo\":");
+        r.push_str(s);
+        r.push('}');
+    }
+    r.push_str("}}");
+    Response::new(200)
+        .header("content-type", "application/json")
+        .body(Body::Bytes(r.into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_with_data_is_json_rpc() {
+        let r = error(
+            400,
+            Some("7"),
+            -32022,
+            "Unsupported",
+            Some(r#"{"supported":["2026-07-28"],"requested":"x"}"#),
+        );
+        let Body::Bytes(b) = &r.body else { panic!() };
+        let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["error"]["code"], -32022);
+        assert_eq!(v["error"]["data"]["supported"][0], "2026-07-28");
+        assert_eq!(r.status, 400);
+    }
+}
