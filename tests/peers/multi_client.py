@@ -39,6 +39,7 @@ def text_of(r: types.CallToolResult) -> str:
 
 async def run(args: argparse.Namespace, out: dict[str, Any]) -> None:
     roots_asked: list[str] = []
+    both_asked = anyio.Event()
     notes: dict[str, int] = {}
 
     async def on_message(message: Any) -> None:
@@ -50,6 +51,8 @@ async def run(args: argparse.Namespace, out: dict[str, Any]) -> None:
 
     async def list_roots(_ctx: Any) -> types.ListRootsResult:
         roots_asked.append("roots/list")
+        if len(roots_asked) >= 2:
+            both_asked.set()
         return types.ListRootsResult(roots=[types.Root(uri="file:///tmp/ringgate-multi", name="multi")])
 
     kwargs: dict[str, Any] = {"timeout": httpx2.Timeout(5.0, read=args.timeout)}
@@ -125,9 +128,10 @@ async def run(args: argparse.Namespace, out: dict[str, Any]) -> None:
                 out["texts"] = texts
                 out["progress"] = progress
                 out["stage"] = "linger"
+                # Both children ask for roots after notifications/initialized;
+                # wait for the second request (bounded).
                 with anyio.move_on_after(args.linger):
-                    while len(roots_asked) < 2:
-                        await anyio.sleep(0.05)
+                    await both_asked.wait()
             if args.scenario == "never":
                 out["stage"] = "echo"
                 out["echo"] = text_of(await client.call_tool("echo", {"message": "unprefixed"}))
