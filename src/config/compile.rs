@@ -381,7 +381,7 @@ fn route(node: Node, index: usize, errs: &mut ConfigErrors) -> Option<Route> {
         }
     }
     let policies = match m.get("policies") {
-        Some((v, p)) => policies(Node::new(v, &p), errs),
+        Some((v, p)) => super::policies::route_policies(Node::new(v, &p), errs),
         None => Policies::default(),
     };
     let mut backend = None;
@@ -441,43 +441,6 @@ fn path_match(node: Node, errs: &mut ConfigErrors) -> Option<PathMatch> {
         errs.push(node.path, "give exactly one of exact or pathPrefix");
     }
     found
-}
-
-pub(super) fn policies(node: Node, errs: &mut ConfigErrors) -> Policies {
-    let mut out = Policies::default();
-    let keys = ["cors", "extAuthz", "directResponse", "mcpAuthorization"];
-    let Some(m) = node.map(errs, &keys) else {
-        return out;
-    };
-    if let Some((v, p)) = m.get("cors") {
-        out.cors = super::policies::cors(Node::new(v, &p), errs);
-    }
-    if let Some((v, p)) = m.get("extAuthz") {
-        out.ext_authz = super::policies::ext_authz(Node::new(v, &p), errs);
-    }
-    if let Some((v, p)) = m.get("directResponse") {
-        let node = Node::new(v, &p);
-        if let Some(d) = node.map(errs, &["body", "status"]) {
-            let status = d
-                .get("status")
-                .and_then(|(v, p)| Node::new(v, &p).uint(errs, 200, 599))
-                .unwrap_or(200) as u16;
-            let body = opt_str(&d, "body", errs).unwrap_or_default();
-            out.direct_response = Some(DirectResponse { status, body });
-        }
-    }
-    if let Some((v, p)) = m.get("mcpAuthorization") {
-        // The metadata keys rules may read; unknown when extAuthz is broken
-        // (its own errors are reported), so its keys are not checked then.
-        let keys = match (&out.ext_authz, m.has("extAuthz")) {
-            (Some(a), _) => Some(a.metadata.iter().map(|(k, _)| k.as_str()).collect()),
-            (None, false) => Some(Vec::new()),
-            (None, true) => None,
-        };
-        out.mcp_authorization =
-            super::policies::mcp_authorization(Node::new(v, &p), keys.as_deref(), errs);
-    }
-    out
 }
 
 /// Gives each extAuthz policy its index, which workers use to find their

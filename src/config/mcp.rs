@@ -153,7 +153,7 @@ pub fn shorthand(node: Node, errs: &mut ConfigErrors) -> Option<Bind> {
         None => Some(DEFAULT_SHORTHAND_PORT),
     };
     let policies = match m.get("policies") {
-        Some((v, p)) => super::compile::policies(Node::new(v, &p), errs),
+        Some((v, p)) => super::policies::route_policies(Node::new(v, &p), errs),
         None => Policies::default(),
     };
     if policies.direct_response.is_some() {

@@ -2,8 +2,45 @@
 
 use serde_yaml_ng::Value;
 
-use super::yaml::{expr, index_path, string_list, string_map, ConfigErrors, Node};
+use super::yaml::{expr, index_path, opt_str, string_list, string_map, ConfigErrors, Node};
 use super::*;
+
+/// A route's `policies`.
+pub fn route_policies(node: Node, errs: &mut ConfigErrors) -> Policies {
+    let mut out = Policies::default();
+    let keys = ["cors", "extAuthz", "directResponse", "mcpAuthorization"];
+    let Some(m) = node.map(errs, &keys) else {
+        return out;
+    };
+    if let Some((v, p)) = m.get("cors") {
+        out.cors = cors(Node::new(v, &p), errs);
+    }
+    if let Some((v, p)) = m.get("extAuthz") {
+        out.ext_authz = ext_authz(Node::new(v, &p), errs);
+    }
+    if let Some((v, p)) = m.get("directResponse") {
+        let node = Node::new(v, &p);
+        if let Some(d) = node.map(errs, &["body", "status"]) {
+            let status = d
+                .get("status")
+                .and_then(|(v, p)| Node::new(v, &p).uint(errs, 200, 599))
+                .unwrap_or(200) as u16;
+            let body = opt_str(&d, "body", errs).unwrap_or_default();
+            out.direct_response = Some(DirectResponse { status, body });
+        }
+    }
+    if let Some((v, p)) = m.get("mcpAuthorization") {
+        // The metadata keys rules may read; unknown when extAuthz is broken
+        // (its own errors are reported), so its keys are not checked then.
+        let keys = match (&out.ext_authz, m.has("extAuthz")) {
+            (Some(a), _) => Some(a.metadata.iter().map(|(k, _)| k.as_str()).collect()),
+            (None, false) => Some(Vec::new()),
+            (None, true) => None,
+        };
+        out.mcp_authorization = mcp_authorization(Node::new(v, &p), keys.as_deref(), errs);
+    }
+    out
+}
 
 pub fn cors(node: Node, errs: &mut ConfigErrors) -> Option<Cors> {
     let m = node.map(
