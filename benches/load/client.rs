@@ -131,6 +131,7 @@ pub enum Client {
     Http(HttpClient),
     Mcp(McpClient),
     Stdio(StdioClient),
+    Modern(crate::modern::ModernClient),
 }
 
 impl Client {
@@ -139,6 +140,7 @@ impl Client {
             Client::Http(c) => c.run(&rec).await.map(Client::Http),
             Client::Mcp(c) => c.run(&rec).await.map(Client::Mcp),
             Client::Stdio(c) => c.run(&rec).await.map(Client::Stdio),
+            Client::Modern(c) => c.run(&rec).await.map(Client::Modern),
         }
     }
 
@@ -151,6 +153,7 @@ impl Client {
                 Ok(())
             }
             Client::Mcp(c) => c.session.delete().await,
+            Client::Modern(c) => Ok(c.close().await),
             Client::Stdio(c) => {
                 let mut s = c.conn.s;
                 let _ = s.shutdown().await;
