@@ -18,6 +18,9 @@
 //! Every response is checked (status, body, the echoed text); a wrong answer
 //! or an I/O error ends that client and fails the run.
 
+// In this file's directory, also when another bench includes this file.
+#[path = "modern.rs"]
+pub mod modern;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
@@ -131,7 +134,7 @@ pub enum Client {
     Http(HttpClient),
     Mcp(McpClient),
     Stdio(StdioClient),
-    Modern(crate::modern::ModernClient),
+    Modern(modern::ModernClient),
 }
 
 impl Client {
@@ -153,7 +156,10 @@ impl Client {
                 Ok(())
             }
             Client::Mcp(c) => c.session.delete().await,
-            Client::Modern(c) => Ok(c.close().await),
+            Client::Modern(c) => {
+                c.close().await;
+                Ok(())
+            }
             Client::Stdio(c) => {
                 let mut s = c.conn.s;
                 let _ = s.shutdown().await;

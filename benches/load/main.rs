@@ -15,7 +15,7 @@
 //!    the same extAuthz (and on a second ringgate with the access log on);
 //! 3. MCP: `tools/call echo` over N concurrent sessions (and over 1), from
 //!    N (and 1) stateless 2026-07-28 clients over the shared children
-//!    ([`modern`]), against the same calls written straight to children's
+//!    ([`client::modern`]), against the same calls written straight to children's
 //!    stdio;
 //! 4. session set-up: `initialize` with a warm pool versus a cold `npx`.
 //!
@@ -37,7 +37,6 @@ mod baseline;
 mod client;
 #[path = "../../tests/support/fake_tailscaled.rs"]
 mod fake_tailscaled;
-mod modern;
 mod procs;
 
 use std::cell::Cell;
@@ -651,8 +650,11 @@ fn mcp_scenarios(o: &Opts, whois: &str, w: usize, idle_rss: &mut Vec<(usize, u64
             for (j, &addr) in addrs.iter().enumerate() {
                 let mut modern: Vec<Client> = Vec::new();
                 for i in 0..n {
-                    let c =
-                        modern::ModernClient::open(addr, ip(ALLOWED_IP), format!("m{j}-{n}-{i}"));
+                    let c = client::modern::ModernClient::open(
+                        addr,
+                        ip(ALLOWED_IP),
+                        format!("m{j}-{n}-{i}"),
+                    );
                     modern.push(c.await.unwrap_or_else(|e| panic!("{e}")));
                 }
                 let p = &mprobes[k][j];

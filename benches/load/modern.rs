@@ -8,7 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use crate::client::{contains, echoed, Client, HttpConn, Recorder};
+use super::{contains, echoed, Client, HttpConn, Recorder};
 
 /// The revision the clients speak.
 pub const VERSION: &str = "2026-07-28";
