@@ -641,3 +641,28 @@ fn listen_acknowledges_then_delivers_list_changed() {
         "{v:#}"
     );
 }
+
+#[test]
+fn an_unanswered_input_request_expires_and_its_state_is_refused() {
+    let (_fake, p, _url) = start(1, "inputRequiredTimeout: 1s");
+    let h = hdrs("tools/call", Some("trigger-elicitation-request"));
+    let mut r = raw_post(&p, &h, &elicit_body("1", None));
+    assert_eq!(head(&mut r).0, 200);
+    let ev = next_event(&mut r).expect("an answer");
+    assert_eq!(ev["result"]["resultType"], "input_required", "{ev}");
+    let state = ev["result"]["requestState"].as_str().unwrap().to_string();
+    p.wait_log(|l| l.contains("waiting for input expired"))
+        .expect("the waiting call expires");
+    let answer = r#"{"input":{"action":"decline"}}"#;
+    let mut r = raw_post(&p, &h, &elicit_body("2", Some((&state, answer))));
+    let (status, _) = head(&mut r);
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut r, &mut body).unwrap();
+    assert_eq!(status, 400, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("expired"),
+        "{v}"
+    );
+}

@@ -87,7 +87,9 @@ impl Listeners {
     pub fn open(&self, id: &str, filter: Filter) -> flume::Receiver<Vec<u8>> {
         let (tx, rx) = flume::bounded(super::child::STREAM_DEPTH);
         let _ = tx.try_send(sse::event(filter.ack(id).as_bytes()));
-        self.0.borrow_mut().push(Listener {
+        let mut all = self.0.borrow_mut();
+        all.retain(|l| !l.tx.is_disconnected());
+        all.push(Listener {
             id: id.to_string(),
             filter,
             tx,
