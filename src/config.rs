@@ -84,6 +84,9 @@ pub struct McpSettings {
     pub max_in_flight_per_child: usize,
     /// `ttlMs` of cacheable 2026-07-28 results and of `server/discover`.
     pub cache_ttl: Duration,
+    /// How long a 2026-07-28 call that is waiting for the client's input
+    /// (MRTR: its `requestState`) stays parked on its shared child.
+    pub input_required_timeout: Duration,
 }
 
 impl Default for McpSettings {
@@ -99,6 +102,7 @@ impl Default for McpSettings {
             shared_children: DEFAULT_SHARED_CHILDREN,
             max_in_flight_per_child: DEFAULT_MAX_IN_FLIGHT_PER_CHILD,
             cache_ttl: Duration::ZERO,
+            input_required_timeout: Duration::from_secs(300),
         }
     }
 }

@@ -17,6 +17,7 @@ use support::*;
 
 const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
 const ALICE: &str = "127.0.0.2";
+const BOB: &str = "127.0.0.3";
 const V: &str = "2026-07-28";
 
 /// The seed config (config/tailscale.yaml) with test-sized settings, as
@@ -49,6 +50,7 @@ fn seed_config(fake: &FakeTailscaled, threads: usize, mcp: &str) -> String {
 fn start(threads: usize, mcp: &str) -> (FakeTailscaled, Proxy, String) {
     let fake = FakeTailscaled::builder()
         .user(ALICE, "alice-laptop.tail1234.ts.net.", "alice@example.com")
+        .user(BOB, "bob-laptop.tail1234.ts.net.", "bob@example.com")
         .start();
     let p = Proxy::start(&seed_config(&fake, threads, mcp), &[]);
     let url = format!("http://{}/mcp", p.addr());
@@ -169,7 +171,16 @@ fn sixteen_clients_over_two_shared_children_never_cross() {
 /// A raw modern POST over HTTP/1.0 (the stream then ends with the
 /// connection, so events can be read line by line).
 fn raw_post(p: &Proxy, headers: &[(&str, &str)], body: &str) -> BufReader<TcpStream> {
-    let mut s = connect_from(ALICE, p.addr());
+    raw_post_from(ALICE, p, headers, body)
+}
+
+fn raw_post_from(
+    src: &str,
+    p: &Proxy,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> BufReader<TcpStream> {
+    let mut s = connect_from(src, p.addr());
     let mut req = format!(
         "POST /mcp HTTP/1.0\r\nHost: gw\r\nAccept: {ACCEPT}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
@@ -486,4 +497,172 @@ fn a_killed_child_fails_only_its_calls_and_is_replaced() {
             "child {pid} outlived ringgate"
         );
     }
+}
+
+#[test]
+fn python_sdk_elicitation_round_trip_through_input_required() {
+    let (_fake, _p, url) = start(1, "");
+    let v = modern_client(&url, ALICE, &["--scenario", "elicit", "--mode", V]);
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert_eq!(v["protocol_version"], V, "{v:#}");
+    assert!(v.get("call_error").is_none(), "{v:#}");
+    // The SDK's callback was asked the child's own question...
+    assert_eq!(v["asked"].as_array().unwrap().len(), 1, "{v:#}");
+    assert!(
+        v["asked"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Please provide inputs"),
+        "{v:#}"
+    );
+    // ...and its answer reached the child's waiting call.
+    let text = v["result"]["text"].as_str().unwrap();
+    assert!(text.contains("Ada Lovelace"), "{v:#}");
+    assert_eq!(v["result"]["is_error"], false, "{v:#}");
+    // Two POSTs of tools/call: the first answered input_required, the
+    // retry with the final result; no session anywhere.
+    let calls = v["http"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["headers"]["mcp-method"] == "tools/call")
+        .count();
+    assert_eq!(calls, 2, "{v:#}");
+
+    // A client that does not declare elicitation gets a JSON-RPC error
+    // naming the capability, not a hang.
+    let v = modern_client(
+        &url,
+        ALICE,
+        &["--scenario", "elicit", "--mode", V, "--no-elicitation"],
+    );
+    let e = v["call_error"].as_str().expect("an error");
+    assert!(e.contains("does not declare elicitation"), "{v:#}");
+}
+
+/// A raw tools/call of trigger-elicitation-request declaring elicitation.
+fn elicit_body(id: &str, retry: Option<(&str, &str)>) -> String {
+    let extra = retry.map_or(String::new(), |(state, responses)| {
+        format!(r#""requestState":"{state}","inputResponses":{responses},"#)
+    });
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"trigger-elicitation-request","arguments":{{}},{extra}"_meta":{{"io.modelcontextprotocol/protocolVersion":"{V}","io.modelcontextprotocol/clientCapabilities":{{"elicitation":{{}}}}}}}}}}"#
+    )
+}
+
+#[test]
+fn request_state_is_refused_when_tampered_or_presented_by_another_caller() {
+    let (_fake, p, _url) = start(2, "");
+    let h = hdrs("tools/call", Some("trigger-elicitation-request"));
+    let mut r = raw_post(&p, &h, &elicit_body("1", None));
+    assert_eq!(head(&mut r).0, 200);
+    let ev = next_event(&mut r).expect("an answer");
+    assert_eq!(ev["id"], 1, "{ev}");
+    assert_eq!(ev["result"]["resultType"], "input_required", "{ev}");
+    let req = &ev["result"]["inputRequests"]["input"];
+    assert_eq!(req["method"], "elicitation/create", "{ev}");
+    assert!(req["params"]["requestedSchema"].is_object(), "{ev}");
+    let state = ev["result"]["requestState"].as_str().unwrap().to_string();
+    assert!(next_event(&mut r).is_none(), "the first stream ends there");
+
+    let answer = r#"{"input":{"action":"accept","content":{"name":"Grace Hopper"}}}"#;
+    let refused = |src: &str, st: &str, why: &str| {
+        let mut r = raw_post_from(src, &p, &h, &elicit_body("2", Some((st, answer))));
+        let (status, _) = head(&mut r);
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut r, &mut body).unwrap();
+        assert_eq!(status, 400, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], -32602, "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(why), "{v}");
+    };
+    // One character of the payload changed.
+    let mut parts: Vec<String> = state.split('.').map(str::to_string).collect();
+    let c = if parts[2].starts_with('A') { "B" } else { "A" };
+    parts[2].replace_range(0..1, c);
+    refused(ALICE, &parts.join("."), "integrity");
+    refused(BOB, &state, "another caller");
+    // Neither consumed it: the rightful retry completes the call, on a
+    // connection that may land on the other worker.
+    let mut r = raw_post(&p, &h, &elicit_body("3", Some((&state, answer))));
+    assert_eq!(head(&mut r).0, 200);
+    let ev = next_event(&mut r).expect("the final answer");
+    assert_eq!(ev["id"], 3, "{ev}");
+    assert_eq!(ev["result"]["resultType"], "complete", "{ev}");
+    assert!(ev.to_string().contains("Grace Hopper"), "{ev}");
+    // Good once.
+    refused(ALICE, &state, "already used");
+}
+
+#[test]
+fn listen_acknowledges_then_delivers_list_changed() {
+    let (_fake, p, _url) = start(1, "sharedChildren: 1");
+    // The target's first modern request: the listen stream exists before
+    // its child starts, and the child says list_changed once initialized.
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":"L1","method":"subscriptions/listen","params":{{"notifications":{{"toolsListChanged":true,"promptsListChanged":true}},"_meta":{{"io.modelcontextprotocol/protocolVersion":"{V}","io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}"#
+    );
+    let mut r = raw_post(&p, &hdrs("subscriptions/listen", None), &body);
+    assert_eq!(head(&mut r).0, 200);
+    let ack = next_event(&mut r).expect("the acknowledgement");
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"toolsListChanged": true, "promptsListChanged": true}),
+        "{ack}"
+    );
+    assert_eq!(
+        ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        "L1"
+    );
+    let ev = next_event(&mut r).expect("a list_changed");
+    assert_eq!(ev["method"], "notifications/tools/list_changed", "{ev}");
+    assert_eq!(
+        ev["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], "L1",
+        "{ev}"
+    );
+
+    // The Python SDK's listen() gets its acknowledgement too.
+    let url = format!("http://{}/mcp", p.addr());
+    let v = modern_client(
+        &url,
+        ALICE,
+        &["--scenario", "listen", "--mode", V, "--timeout", "5"],
+    );
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert!(
+        v["honored"]
+            .as_str()
+            .unwrap()
+            .contains("tools_list_changed=True"),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn an_unanswered_input_request_expires_and_its_state_is_refused() {
+    let (_fake, p, _url) = start(1, "inputRequiredTimeout: 1s");
+    let h = hdrs("tools/call", Some("trigger-elicitation-request"));
+    let mut r = raw_post(&p, &h, &elicit_body("1", None));
+    assert_eq!(head(&mut r).0, 200);
+    let ev = next_event(&mut r).expect("an answer");
+    assert_eq!(ev["result"]["resultType"], "input_required", "{ev}");
+    let state = ev["result"]["requestState"].as_str().unwrap().to_string();
+    p.wait_log(|l| l.contains("waiting for input expired"))
+        .expect("the waiting call expires");
+    let answer = r#"{"input":{"action":"decline"}}"#;
+    let mut r = raw_post(&p, &h, &elicit_body("2", Some((&state, answer))));
+    let (status, _) = head(&mut r);
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut r, &mut body).unwrap();
+    assert_eq!(status, 400, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("expired"),
+        "{v}"
+    );
 }

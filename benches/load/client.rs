@@ -18,6 +18,9 @@
 //! Every response is checked (status, body, the echoed text); a wrong answer
 //! or an I/O error ends that client and fails the run.
 
+// In this file's directory, also when another bench includes this file.
+#[path = "modern.rs"]
+pub mod modern;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
@@ -131,6 +134,7 @@ pub enum Client {
     Http(HttpClient),
     Mcp(McpClient),
     Stdio(StdioClient),
+    Modern(modern::ModernClient),
 }
 
 impl Client {
@@ -139,6 +143,7 @@ impl Client {
             Client::Http(c) => c.run(&rec).await.map(Client::Http),
             Client::Mcp(c) => c.run(&rec).await.map(Client::Mcp),
             Client::Stdio(c) => c.run(&rec).await.map(Client::Stdio),
+            Client::Modern(c) => c.run(&rec).await.map(Client::Modern),
         }
     }
 
@@ -151,6 +156,10 @@ impl Client {
                 Ok(())
             }
             Client::Mcp(c) => c.session.delete().await,
+            Client::Modern(c) => {
+                c.close().await;
+                Ok(())
+            }
             Client::Stdio(c) => {
                 let mut s = c.conn.s;
                 let _ = s.shutdown().await;

@@ -13,8 +13,10 @@
 //! 1. reject: an address the fake does not know; its 403 is cached;
 //! 2. allow: an address the fake knows, on a `directResponse` route with
 //!    the same extAuthz (and on a second ringgate with the access log on);
-//! 3. MCP: `tools/call echo` over N concurrent sessions (and over 1),
-//!    against the same calls written straight to children's stdio;
+//! 3. MCP: `tools/call echo` over N concurrent sessions (and over 1), from
+//!    N (and 1) stateless 2026-07-28 clients over the shared children
+//!    ([`client::modern`]), against the same calls written straight to children's
+//!    stdio;
 //! 4. session set-up: `initialize` with a warm pool versus a cold `npx`.
 //!
 //! The targets compared with each other (0, 1, 2; 3 and its ceiling) are
@@ -612,6 +614,14 @@ fn mcp_scenarios(o: &Opts, whois: &str, w: usize, idle_rss: &mut Vec<(usize, u64
             v
         })
         .collect();
+    let mprobes: Vec<Vec<Probe>> = sizes
+        .iter()
+        .map(|_| {
+            let p = proxies.iter();
+            p.map(|(_, p)| Probe::new(Some(p.pid()), vec![p.pid()], false))
+                .collect()
+        })
+        .collect();
     let addrs: Vec<SocketAddr> = proxies.iter().map(|(_, p)| p.addr).collect();
     let results = client::block_on(async {
         let mut targets = Vec::new();
@@ -637,6 +647,19 @@ fn mcp_scenarios(o: &Opts, whois: &str, w: usize, idle_rss: &mut Vec<(usize, u64
             }
             let d = &probes[k][addrs.len()];
             targets.push(Target::new(stdio, |s| d.snap(s)));
+            for (j, &addr) in addrs.iter().enumerate() {
+                let mut modern: Vec<Client> = Vec::new();
+                for i in 0..n {
+                    let c = client::modern::ModernClient::open(
+                        addr,
+                        ip(ALLOWED_IP),
+                        format!("m{j}-{n}-{i}"),
+                    );
+                    modern.push(c.await.unwrap_or_else(|e| panic!("{e}")));
+                }
+                let p = &mprobes[k][j];
+                targets.push(Target::new(modern, |s| p.snap(s)));
+            }
         }
         o.rounds(&mut targets, o.mcp_warmup).await;
         targets.iter().map(|t| t.rec.result()).collect::<Vec<_>>()
@@ -665,7 +688,16 @@ fn mcp_scenarios(o: &Opts, whois: &str, w: usize, idle_rss: &mut Vec<(usize, u64
         for r in &mut proxied {
             r.ceiling = Some((direct.m.rps(), direct.m.quantile_us(0.5), "direct stdio"));
         }
+        let shared = w * ringgate::config::DEFAULT_SHARED_CHILDREN;
+        let mut mrows = Vec::new();
+        for (j, (suffix, _)) in proxies.iter().enumerate() {
+            let name = format!("3 MCP modern echo, {n} clients, {shared} shared children{suffix}");
+            let mut r = mprobes[k][j].row(name, w, n, results.next().unwrap());
+            r.ceiling = Some((direct.m.rps(), direct.m.quantile_us(0.5), "direct stdio"));
+            mrows.push(r);
+        }
         rows.extend(proxied);
+        rows.extend(mrows);
         rows.push(direct);
     }
     drop(proxies);

@@ -162,6 +162,7 @@ fn mcp_settings(node: Node, s: &mut McpSettings, errs: &mut ConfigErrors) {
         "sharedChildren",
         "maxInFlightPerChild",
         "cacheTtl",
+        "inputRequiredTimeout",
     ];
     let Some(m) = node.map(errs, &keys) else {
         return;
@@ -191,6 +192,11 @@ fn mcp_settings(node: Node, s: &mut McpSettings, errs: &mut ConfigErrors) {
     if let Some((v, p)) = m.get("cacheTtl") {
         if let Some(d) = Node::new(v, &p).duration(errs) {
             s.cache_ttl = d;
+        }
+    }
+    if let Some((v, p)) = m.get("inputRequiredTimeout") {
+        if let Some(d) = Node::new(v, &p).duration(errs) {
+            s.input_required_timeout = d;
         }
     }
     if let Some((v, p)) = m.get("sessionIdleTimeout") {

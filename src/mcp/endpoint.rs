@@ -83,7 +83,8 @@ async fn post(
         }
     };
     if modern::is_modern(req, &messages) {
-        return modern::post(&mcp.shared, backend_cfg, req, messages, batch, authz, log).await;
+        let (shared, id) = (&mcp.shared, &identity);
+        return modern::post(shared, backend_cfg, req, messages, batch, id, authz, log).await;
     }
     if let Some(first) = messages.first() {
         log.method = first.method().map(str::to_string);

@@ -13,8 +13,11 @@
 //! - `server/discover` is answered by ringgate from what the target's child
 //!   said in ringgate's own `initialize` ([`shared`](crate::mcp::shared));
 //! - methods the revision removed (`initialize`, `ping`,
-//!   `logging/setLevel`, `resources/subscribe`...) and the ones ringgate
-//!   does not serve yet (`subscriptions/listen`) are 404 / -32601;
+//!   `logging/setLevel`, `resources/subscribe`...) are 404 / -32601;
+//! - `subscriptions/listen` opens a stream of the target's children's
+//!   `list_changed` notifications on this worker ([`shared::listen`]);
+//! - MRTR: a retry with `requestState` ([`state`]) resumes the call that
+//!   waits on a shared child for the client's input;
 //! - any other request goes to a shared child of this worker; its answer
 //!   (and its progress notifications) come on an SSE stream with
 //!   `X-Accel-Buffering: no`; closing that stream cancels the request.
@@ -26,25 +29,29 @@
 pub mod checks;
 pub mod envelope;
 pub mod splice;
+pub mod state;
 
 use crate::config::McpBackend;
 use crate::http::response::{Body, Response};
 use crate::mcp::authz::{self, RouteAuthz};
 use crate::mcp::jsonrpc::{self, Kind, Message};
-use crate::mcp::shared::{Shared, SubmitError, Unavailable};
+use crate::mcp::shared;
+use crate::mcp::shared::listen::Filter;
+use crate::mcp::shared::{Mrtr, Opts, Shared, SubmitError, Unavailable};
 use crate::request::{McpLog, Request};
 use checks::MODERN_VERSION;
 
-/// Methods the 2026-07-28 revision removed, and `subscriptions/listen`,
-/// which ringgate does not serve yet.
+/// Methods the 2026-07-28 revision removed.
 const NOT_SERVED: &[&str] = &[
     "initialize",
     "ping",
     "logging/setLevel",
     "resources/subscribe",
     "resources/unsubscribe",
-    "subscriptions/listen",
 ];
+
+/// The requests a server may answer with an `InputRequiredResult`.
+const MRTR: &[&str] = &["tools/call", "prompts/get", "resources/read"];
 
 /// Results clients may cache: they get `ttlMs` and `cacheScope`. The scope
 /// is `private`: what a caller may see can depend on who calls.
@@ -109,13 +116,15 @@ fn unavailable(u: Unavailable) -> Response {
 }
 
 /// Serves a modern POST (already past the Accept, Content-Type and JSON
-/// checks).
+/// checks). `identity` is the caller's, as sessions are bound to it.
+#[allow(clippy::too_many_arguments)]
 pub async fn post(
     shared: &Shared,
     backend: &McpBackend,
     req: &Request<'_>,
     messages: Vec<Message>,
     batch: bool,
+    identity: &str,
     authz: Option<RouteAuthz<'_>>,
     log: &mut McpLog,
 ) -> Response {
@@ -167,6 +176,25 @@ pub async fn post(
         return error(404, id, checks::METHOD_NOT_FOUND, "Method not found", None);
     }
     let target = shared.target(backend);
+    if method == "subscriptions/listen" {
+        #[derive(serde::Deserialize)]
+        struct P<'a> {
+            #[serde(borrow)]
+            params: Option<Q<'a>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Q<'a> {
+            #[serde(borrow)]
+            notifications: Option<&'a serde_json::value::RawValue>,
+        }
+        let n = serde_json::from_str::<P>(&m.line)
+            .ok()
+            .and_then(|p| p.params?.notifications);
+        let rx = target
+            .listeners()
+            .open(id.unwrap_or("null"), Filter::parse(n));
+        return sse(rx);
+    }
     if method == "server/discover" {
         return match target.info().await {
             Ok(info) => discover(
@@ -206,16 +234,90 @@ pub async fn post(
     let cache = CACHEABLE
         .contains(&method)
         .then(|| (shared.settings().cache_ttl.as_millis() as u64, "private"));
+    let mut opts = Opts {
+        cache,
+        list,
+        log_level: env
+            .log_level
+            .and_then(envelope::string)
+            .and_then(|l| shared::child::LOG_LEVELS.iter().position(|x| *x == l))
+            .map(|l| l as u8),
+        ..Opts::default()
+    };
+    if MRTR.contains(&method) {
+        let name = env.name.or(env.uri).and_then(envelope::string);
+        let m = Mrtr {
+            elicitation: envelope::declares(&env, "elicitation"),
+            sampling: envelope::declares(&env, "sampling"),
+            identity: state::digest(&[identity.as_bytes()]),
+            binding: state::binding(method, name.as_deref().unwrap_or(""), &backend.key()),
+        };
+        if let Some(token) = env.request_state {
+            return retry(&env, token, &m);
+        }
+        opts.mrtr = Some(m);
+    }
     let child = match target.pick().await {
         Ok(c) => c,
         Err(u) => return unavailable(u),
     };
-    match child.submit(&m.line, &env, cache, list) {
+    match child.submit(&m.line, &env, opts) {
         Ok(rx) => sse(rx),
         Err(SubmitError::Busy) => unavailable(Unavailable::Busy),
         Err(SubmitError::Dead) => unavailable(Unavailable::NotReady),
     }
 }
+
+/// An MRTR retry: its `requestState` checked, the client's input sent to
+/// the call that waits for it (on whichever worker's child holds it), whose
+/// answer then comes on this request's stream.
+fn retry(env: &envelope::Envelope, token: &serde_json::value::RawValue, m: &Mrtr) -> Response {
+    let id = env.id.map_or("null", |i| i.get());
+    let refuse = |why: &str| error(400, Some(id), INVALID_PARAMS, why, None);
+    let Some(token) = envelope::string(token) else {
+        return refuse(state::Refused::Malformed.message());
+    };
+    let park = match state::verify(&token, &m.identity, &m.binding) {
+        Ok(p) => p,
+        Err(r) => return refuse(r.message()),
+    };
+    let Some(parked) = state::take(park) else {
+        return refuse(state::Refused::Gone.message());
+    };
+    #[derive(serde::Deserialize)]
+    struct Responses<'a>(
+        #[serde(borrow)]
+        std::collections::HashMap<std::borrow::Cow<'a, str>, &'a serde_json::value::RawValue>,
+    );
+    let response = env
+        .input_responses
+        .and_then(|r| serde_json::from_str::<Responses>(r.get()).ok())
+        .and_then(|r| {
+            r.0.get(shared::child::INPUT_KEY)
+                .map(|v| v.get().to_string())
+        });
+    let (tx, rx) = flume::bounded(shared::child::STREAM_DEPTH);
+    let resume = state::Resume {
+        call: parked.call,
+        client_id: id.to_string(),
+        token: env.progress_token.map(|t| t.get().to_string()),
+        response,
+        tx,
+    };
+    if let Err(flume::SendError(r)) = parked.inbox.send(resume) {
+        let e = jsonrpc::error_line(
+            Some(&r.client_id),
+            INVALID_PARAMS,
+            state::Refused::Gone.message(),
+        );
+        return Response::new(200)
+            .header("content-type", "application/json")
+            .body(Body::Bytes(e.into_bytes()));
+    }
+    sse(rx)
+}
+
+const INVALID_PARAMS: i64 = -32602;
 
 /// ringgate's `server/discover` answer (ringgate's own JSON, with the
 /// child's capabilities, instructions and serverInfo as it wrote them).

@@ -4,9 +4,10 @@
 //! spawned (through a [`Pool`], so `maxLive` and the spawn backoff apply)
 //! and initialized itself: its own `clientInfo` (`ringgate`, its version),
 //! protocol 2025-11-25 (or what the child answers, if ringgate bridges it),
-//! and no client capabilities (no `roots`, `sampling`, `elicitation`: with
-//! no session there is no client to forward a server-to-client request to,
-//! so a child that sends one anyway gets a JSON-RPC error at once). Then
+//! and the client capabilities [`CHILD_CAPABILITIES`] (`elicitation`,
+//! `sampling`: a child's such request is turned into an MRTR
+//! `InputRequiredResult` for the request it serves, see [`child`]; any
+//! other server-to-client request gets a JSON-RPC error at once). Then
 //! `notifications/initialized`, and `tools/list` once, to learn the tools'
 //! `x-mcp-header` annotations for the `Mcp-Param-*` checks.
 //!
@@ -23,6 +24,7 @@
 //! - [`child`]: one child's multiplexing (ids, progress, cancellation)
 
 pub mod child;
+pub mod listen;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -40,7 +42,15 @@ use tracing::{info, warn};
 use crate::config::{Config, McpSettings, McpTarget};
 use crate::mcp::modern::checks::{param_headers, ParamHeader};
 use crate::pool::{Pool, PoolConfig, HEALTHY_AFTER_MS};
-pub use child::{SharedChild, SubmitError};
+pub use child::{Mrtr, Opts, SharedChild, SubmitError};
+use listen::Listeners;
+
+/// The client capabilities ringgate declares to its shared children: the
+/// server-to-client requests it can turn into an MRTR `InputRequiredResult`
+/// for the client whose request the child is serving. Not `roots`: servers
+/// ask for roots right after `initialize`, outside any request, and one
+/// shared child serves callers with different roots.
+pub const CHILD_CAPABILITIES: &str = r#"{"elicitation":{"form":{}},"sampling":{}}"#;
 
 /// The handshake revision ringgate asks its children for.
 pub const CHILD_PROTOCOL: &str = "2025-11-25";
@@ -98,6 +108,9 @@ pub struct Target {
     max_in_flight: usize,
     timeout: Duration,
     grace: Duration,
+    input_timeout: Duration,
+    /// `subscriptions/listen` streams, fed by every child of the target.
+    listeners: Rc<Listeners>,
 }
 
 /// Why no child took a request.
@@ -143,6 +156,10 @@ impl Target {
         }
         self.pick().await?;
         self.info.borrow().clone().ok_or(Unavailable::NotReady)
+    }
+
+    pub fn listeners(&self) -> &Listeners {
+        &self.listeners
     }
 
     /// Pids of the ready children (tests, logs).
@@ -219,6 +236,8 @@ impl Shared {
             max_in_flight: s.max_in_flight_per_child,
             timeout: s.request_timeout,
             grace: s.stop_grace,
+            input_timeout: s.input_required_timeout,
+            listeners: Rc::default(),
         });
         for slot in 0..s.shared_children {
             monoio::spawn(keep_slot(t.clone(), slot));
@@ -302,7 +321,15 @@ async fn keep_slot(t: Rc<Target>, slot: usize) {
             Ok(child) => {
                 let (handle, writer, reader) = child.into_parts();
                 handle.set_session(&format!("shared-{slot}"));
-                let c = SharedChild::start(slot, handle, writer, reader, t.timeout);
+                let c = SharedChild::start(
+                    slot,
+                    handle,
+                    writer,
+                    reader,
+                    t.timeout,
+                    t.input_timeout,
+                    t.listeners.clone(),
+                );
                 match initialize(&c).await {
                     Ok(info) => {
                         info!(target = %t.label, slot, pid = c.pid(), protocol = %info.protocol, "shared MCP child ready");
@@ -369,7 +396,7 @@ struct InitResult<'a> {
 /// ringgate's own handshake with a shared child.
 async fn initialize(c: &SharedChild) -> Result<ChildInfo, &'static str> {
     let params = format!(
-        r#"{{"protocolVersion":"{CHILD_PROTOCOL}","capabilities":{{}},"clientInfo":{{"name":"ringgate","version":"{}"}}}}"#,
+        r#"{{"protocolVersion":"{CHILD_PROTOCOL}","capabilities":{CHILD_CAPABILITIES},"clientInfo":{{"name":"ringgate","version":"{}"}}}}"#,
         env!("CARGO_PKG_VERSION")
     );
     let line = c

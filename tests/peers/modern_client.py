@@ -11,6 +11,12 @@ Prints ONE JSON object on stdout. Scenarios:
   slow     --clients concurrent clients each calling trigger-long-running-operation
            (--duration, --steps); reports per client whether the call succeeded or
            failed with which error (used while a shared child is killed).
+  elicit   one Client(mode=--mode) with an elicitation callback (unless
+           --no-elicitation) calls trigger-elicitation-request; reports what the
+           callback was asked, the tool's text, and every HTTP exchange (the
+           InputRequiredResult round trip is two POSTs of tools/call).
+  listen   one Client(mode=--mode) opens client.listen(tools_list_changed=True),
+           reports the honored subset (and with --events 1 waits for the first event).
 """
 
 from __future__ import annotations
@@ -48,13 +54,54 @@ def _http(args: argparse.Namespace, rec: list[dict[str, Any]]) -> httpx2.AsyncCl
     return httpx2.AsyncClient(**kwargs)
 
 
-def _client(args: argparse.Namespace, http: httpx2.AsyncClient, mode: str) -> Client:
+def _client(args: argparse.Namespace, http: httpx2.AsyncClient, mode: str, **kw: Any) -> Client:
     return Client(
         streamable_http_client(args.url, http_client=http),
         mode=mode,
         read_timeout_seconds=args.timeout,
         client_info=types.Implementation(name="ringgate-modern-peer", version="1"),
+        **kw,
     )
+
+
+async def elicit(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    rec: list[dict[str, Any]] = []
+    asked: list[dict[str, Any]] = []
+
+    async def on_elicit(context: Any, params: Any) -> types.ElicitResult:
+        asked.append({"message": getattr(params, "message", None)})
+        return types.ElicitResult(action="accept", content={"name": "Ada Lovelace"})
+
+    kw: dict[str, Any] = {} if args.no_elicitation else {"elicitation_callback": on_elicit}
+    async with _http(args, rec) as http:
+        async with _client(args, http, args.mode, **kw) as c:
+            out["protocol_version"] = c.protocol_version
+            out["stage"] = "call"
+            try:
+                r = await c.call_tool("trigger-elicitation-request", {})
+                out["result"] = {"text": _text(r), "is_error": bool(r.is_error)}
+            except Exception as e:  # noqa: BLE001
+                out["call_error"] = f"{type(e).__name__}: {e}"
+            out["stage"] = "done"
+    out["asked"] = asked
+    out["http"] = rec
+
+
+async def listen(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    rec: list[dict[str, Any]] = []
+    async with _http(args, rec) as http:
+        async with _client(args, http, args.mode) as c:
+            out["stage"] = "listen"
+            async with c.listen(tools_list_changed=True) as sub:
+                out["honored"] = str(getattr(sub, "honored", None))
+                if args.events:
+                    out["stage"] = "event"
+                    with anyio.fail_after(args.timeout):
+                        async for event in sub:
+                            out["event"] = type(event).__name__ + ": " + str(event)
+                            break
+            out["stage"] = "done"
+    out["http"] = rec
 
 
 async def full(args: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -156,7 +203,9 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--url", required=True)
     p.add_argument("--source-ip", default=None)
-    p.add_argument("--scenario", choices=("full", "many", "slow"), default="full")
+    p.add_argument("--scenario", choices=("full", "many", "slow", "elicit", "listen"), default="full")
+    p.add_argument("--no-elicitation", action="store_true")
+    p.add_argument("--events", type=int, default=0)
     p.add_argument("--mode", default="2026-07-28")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--calls", type=int, default=5)
@@ -165,7 +214,7 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=60)
     args = p.parse_args()
     out: dict[str, Any] = {"scenario": args.scenario, "mode": args.mode, "errors": []}
-    fn = {"full": full, "many": many, "slow": slow}[args.scenario]
+    fn = {"full": full, "many": many, "slow": slow, "elicit": elicit, "listen": listen}[args.scenario]
     try:
         anyio.run(fn, args, out)
         out["ok"] = True

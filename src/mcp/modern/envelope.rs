@@ -26,6 +26,11 @@ pub struct Envelope<'a> {
     pub has_version_key: bool,
     pub progress_token: Option<&'a RawValue>,
     pub log_level: Option<&'a RawValue>,
+    /// `_meta["io.modelcontextprotocol/clientCapabilities"]`.
+    pub client_capabilities: Option<&'a RawValue>,
+    /// MRTR retry members: `params.inputResponses`, `params.requestState`.
+    pub input_responses: Option<&'a RawValue>,
+    pub request_state: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -48,6 +53,10 @@ struct Params<'a> {
     arguments: Option<&'a RawValue>,
     #[serde(borrow, rename = "_meta")]
     meta: Option<&'a RawValue>,
+    #[serde(borrow, rename = "inputResponses")]
+    input_responses: Option<&'a RawValue>,
+    #[serde(borrow, rename = "requestState")]
+    request_state: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +67,8 @@ struct Meta<'a> {
     progress_token: Option<&'a RawValue>,
     #[serde(borrow, rename = "io.modelcontextprotocol/logLevel")]
     log_level: Option<&'a RawValue>,
+    #[serde(borrow, rename = "io.modelcontextprotocol/clientCapabilities")]
+    client_capabilities: Option<&'a RawValue>,
 }
 
 /// A JSON string token's value (`None` for any other token).
@@ -88,6 +99,8 @@ pub fn parse(line: &str) -> Option<Envelope<'_>> {
     env.name = p.name;
     env.uri = p.uri;
     env.arguments = p.arguments;
+    env.input_responses = p.input_responses;
+    env.request_state = p.request_state;
     if let Some(meta) = p.meta.filter(|m| m.get().starts_with('{')) {
         let m: Meta = serde_json::from_str(meta.get()).ok()?;
         env.has_version_key = m.version.is_some();
@@ -96,8 +109,19 @@ pub fn parse(line: &str) -> Option<Envelope<'_>> {
             .progress_token
             .filter(|t| matches!(t.get().as_bytes()[0], b'"' | b'-' | b'0'..=b'9'));
         env.log_level = m.log_level;
+        env.client_capabilities = m.client_capabilities;
     }
     Some(env)
+}
+
+/// The client declared capability `name` (a member of its
+/// `clientCapabilities` object).
+pub fn declares(env: &Envelope, name: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Caps<'a>(#[serde(borrow)] std::collections::HashMap<Cow<'a, str>, &'a RawValue>);
+    env.client_capabilities
+        .and_then(|c| serde_json::from_str::<Caps>(c.get()).ok())
+        .is_some_and(|c| c.0.get(name).is_some_and(|v| v.get() != "null"))
 }
 
 /// Where `part` (a slice of `whole`) sits in `whole`.
