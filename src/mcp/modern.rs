@@ -296,7 +296,7 @@ fn retry(env: &envelope::Envelope, token: &serde_json::value::RawValue, m: &Mrtr
             r.0.get(shared::child::INPUT_KEY)
                 .map(|v| v.get().to_string())
         });
-    let (tx, rx) = flume::bounded(shared::child::STREAM_DEPTH);
+    let (tx, rx) = flume::bounded(shared::listen::STREAM_DEPTH);
     let resume = state::Resume {
         call: parked.call,
         client_id: id.to_string(),

@@ -26,14 +26,12 @@ use crate::policy::mcp_authz::{Filtered, ListFilter, ListKind};
 use crate::pool::{ChildHandle, ChildReader, ChildWriter};
 use std::sync::Arc;
 
-use super::listen::Listeners;
+use super::listen::{Listeners, STREAM_DEPTH};
 use super::Signal;
 use crate::mcp::modern::state::{self, Parked, Resume};
 
 /// Lines queued for the child and not yet written.
 pub const OUTBOUND_DEPTH: usize = 1024;
-/// Events a request's stream holds before progress is dropped for it.
-pub const STREAM_DEPTH: usize = 64;
 /// How often in-flight requests are checked for a gone client or a deadline.
 pub const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// The code ringgate answers a child's server-to-client request with.

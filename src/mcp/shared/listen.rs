@@ -13,6 +13,9 @@ use crate::mcp::modern::envelope::span;
 use crate::mcp::modern::splice::splice;
 use crate::mcp::sse;
 
+/// Events a request's stream holds before progress is dropped for it.
+pub const STREAM_DEPTH: usize = 64;
+
 pub const SUBSCRIPTION_ID_KEY: &str = "io.modelcontextprotocol/subscriptionId";
 
 /// The kinds a listen stream asked for (and ringgate honours).
@@ -85,7 +88,7 @@ impl Listeners {
     /// Opens a stream for listen request `id` (raw id bytes); its first
     /// event is the acknowledgement.
     pub fn open(&self, id: &str, filter: Filter) -> flume::Receiver<Vec<u8>> {
-        let (tx, rx) = flume::bounded(super::child::STREAM_DEPTH);
+        let (tx, rx) = flume::bounded(STREAM_DEPTH);
         let _ = tx.try_send(sse::event(filter.ack(id).as_bytes()));
         let mut all = self.0.borrow_mut();
         all.retain(|l| !l.tx.is_disconnected());
