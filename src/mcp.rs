@@ -28,6 +28,7 @@
 
 pub mod authz;
 pub mod endpoint;
+mod job;
 pub mod jsonrpc;
 pub mod modern;
 pub mod multiplex;
@@ -51,14 +52,10 @@ use tracing::{info, warn};
 use crate::config::{Backend, Config, McpSettings};
 use crate::pool::{IdleBoard, Pool, PoolConfig, PoolError};
 use jsonrpc::Message;
-use session::{PostError, Session};
+use session::Session;
 
-/// Protocol revisions ringgate bridges.
-pub const KNOWN_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
-/// What a client that sends no `MCP-Protocol-Version` is assumed to speak.
-pub const DEFAULT_VERSION: &str = "2025-03-26";
-/// Batches were removed after this revision.
-pub const LAST_BATCH_VERSION: &str = "2025-03-26";
+pub(crate) use job::{batch_refused, negotiated, post_reply};
+pub use job::{Job, Op, Reply, DEFAULT_VERSION, KNOWN_VERSIONS, LAST_BATCH_VERSION};
 
 fn is_npx(cmd: &str) -> bool {
     std::path::Path::new(cmd)
@@ -69,51 +66,6 @@ fn is_npx(cmd: &str) -> bool {
 /// Jobs a worker's inbox holds before hand-offs to it are refused (503).
 /// The owner answers each at once, so a full inbox means a stalled worker.
 pub const INBOX_DEPTH: usize = 1024;
-
-/// A request for a session's owner.
-pub struct Job {
-    pub session: String,
-    pub identity: String,
-    /// `McpBackend::key` of the route the request came in on.
-    pub backend: String,
-    pub version_header: Option<String>,
-    pub op: Op,
-    pub reply: flume::Sender<Reply>,
-}
-
-pub enum Op {
-    Post {
-        messages: Vec<Message>,
-        batch: bool,
-        /// `mcpAuthorization`, decided where the request came in.
-        authz: Option<authz::PostAuthz>,
-    },
-    Get,
-    Delete,
-    /// Create a session here (this worker has an idle child); `session` is
-    /// empty.
-    Initialize {
-        messages: Vec<Message>,
-    },
-    /// When this worker's least recently used idle session was last active.
-    OldestIdle,
-    /// End this worker's least recently used idle session, and stop its child.
-    Evict,
-}
-
-pub enum Reply {
-    /// A plain-text refusal (404 unknown session, 400 version...).
-    Status(u16, &'static str),
-    /// Notifications and responses only: 202.
-    Accepted,
-    /// SSE events until the stream ends.
-    Stream(flume::Receiver<Vec<u8>>),
-    Deleted,
-    /// A session created for [`Op::Initialize`]: its id, its first stream.
-    Created(String, flume::Receiver<Vec<u8>>),
-    OldestIdle(Option<Instant>),
-    Evicted(bool),
-}
 
 /// The refusal of an `initialize` at `maxLive` with nothing to evict.
 const NO_SERVER: &str = "no MCP server available";
@@ -410,38 +362,20 @@ impl McpWorker {
         else {
             return Reply::Status(404, "session not found");
         };
-        let negotiated = session
-            .protocol()
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| DEFAULT_VERSION.to_string());
-        if let Some(v) = &job.version_header {
-            if !KNOWN_VERSIONS.contains(&v.as_str()) || *v != negotiated {
-                return Reply::Status(400, "Bad Request: unsupported MCP-Protocol-Version");
-            }
-        }
+        let negotiated = match negotiated(session.protocol(), &job) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
         match job.op {
             Op::Post {
                 messages,
                 batch,
                 authz,
             } => {
-                if batch && negotiated.as_str() > LAST_BATCH_VERSION {
-                    return Reply::Status(
-                        400,
-                        "Bad Request: batches are not supported by this protocol version",
-                    );
+                if let Some(r) = batch_refused(batch, &negotiated) {
+                    return r;
                 }
-                match session.post(messages, authz.as_ref()) {
-                    Ok(Some(rx)) => Reply::Stream(rx),
-                    Ok(None) => Reply::Accepted,
-                    Err(PostError::Ended) => Reply::Status(404, "session not found"),
-                    Err(PostError::DuplicateId) => {
-                        Reply::Status(400, "Bad Request: request id already in flight")
-                    }
-                    Err(PostError::Busy) => {
-                        Reply::Status(503, "MCP server is not reading its input")
-                    }
-                }
+                post_reply(session.post(messages, authz.as_ref()))
             }
             Op::Get => match session.open_get() {
                 Some(rx) => Reply::Stream(rx),

@@ -12,10 +12,9 @@ use tracing::{info, warn};
 use crate::config::{McpBackend, TargetFailureMode};
 use crate::mcp::jsonrpc::Message;
 use crate::mcp::multiplex_session::MultiSession;
-use crate::mcp::session::{self, PostError, Session};
+use crate::mcp::session::{self, Session};
 use crate::mcp::{
-    new_session_id, Job, McpWorker, Op, Reply, DEFAULT_VERSION, KNOWN_VERSIONS, LAST_BATCH_VERSION,
-    NO_SERVER,
+    batch_refused, negotiated, new_session_id, post_reply, Job, McpWorker, Op, Reply, NO_SERVER,
 };
 use crate::pool::PoolError;
 
@@ -157,38 +156,20 @@ impl McpWorker {
         if s.identity != job.identity || s.backend != job.backend || s.is_ended() {
             return Reply::Status(404, "session not found");
         }
-        let negotiated = s
-            .protocol()
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| DEFAULT_VERSION.to_string());
-        if let Some(v) = &job.version_header {
-            if !KNOWN_VERSIONS.contains(&v.as_str()) || *v != negotiated {
-                return Reply::Status(400, "Bad Request: unsupported MCP-Protocol-Version");
-            }
-        }
+        let negotiated = match negotiated(s.protocol(), &job) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
         match job.op {
             Op::Post {
                 messages,
                 batch,
                 authz,
             } => {
-                if batch && negotiated.as_str() > LAST_BATCH_VERSION {
-                    return Reply::Status(
-                        400,
-                        "Bad Request: batches are not supported by this protocol version",
-                    );
+                if let Some(r) = batch_refused(batch, &negotiated) {
+                    return r;
                 }
-                match s.post(messages, authz.as_ref()) {
-                    Ok(Some(rx)) => Reply::Stream(rx),
-                    Ok(None) => Reply::Accepted,
-                    Err(PostError::Ended) => Reply::Status(404, "session not found"),
-                    Err(PostError::DuplicateId) => {
-                        Reply::Status(400, "Bad Request: request id already in flight")
-                    }
-                    Err(PostError::Busy) => {
-                        Reply::Status(503, "MCP server is not reading its input")
-                    }
-                }
+                post_reply(s.post(messages, authz.as_ref()))
             }
             Op::Get => match s.open_get() {
                 Some(rx) => Reply::Stream(rx),
