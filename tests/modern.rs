@@ -48,11 +48,15 @@ fn seed_config(fake: &FakeTailscaled, threads: usize, mcp: &str) -> String {
 }
 
 fn start(threads: usize, mcp: &str) -> (FakeTailscaled, Proxy, String) {
+    start_with(|fake| seed_config(fake, threads, mcp))
+}
+
+fn start_with(config: impl Fn(&FakeTailscaled) -> String) -> (FakeTailscaled, Proxy, String) {
     let fake = FakeTailscaled::builder()
         .user(ALICE, "alice-laptop.tail1234.ts.net.", "alice@example.com")
         .user(BOB, "bob-laptop.tail1234.ts.net.", "bob@example.com")
         .start();
-    let p = Proxy::start(&seed_config(&fake, threads, mcp), &[]);
+    let p = Proxy::start(&config(&fake), &[]);
     let url = format!("http://{}/mcp", p.addr());
     (fake, p, url)
 }
@@ -665,4 +669,104 @@ fn an_unanswered_input_request_expires_and_its_state_is_refused() {
         v["error"]["message"].as_str().unwrap().contains("expired"),
         "{v}"
     );
+}
+
+fn listen_body(id: &str, uris: &[&str]) -> String {
+    let uris = serde_json::to_string(uris).unwrap();
+    format!(
+        r#"{{"jsonrpc":"2.0","id":"{id}","method":"subscriptions/listen","params":{{"notifications":{{"resourceSubscriptions":{uris}}},"_meta":{{"io.modelcontextprotocol/protocolVersion":"{V}","io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}"#
+    )
+}
+
+/// The lines the tapped child was sent with `method` for `uri`.
+fn child_got(tap: &std::path::Path, method: &str, uri: &str) -> usize {
+    let text = std::fs::read_to_string(tap.join("child.in")).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["method"] == method && v["params"]["uri"] == uri)
+        .count()
+}
+
+#[test]
+fn listen_delivers_updates_of_its_resources_and_unsubscribes_when_closed() {
+    // One tapped child: what it is sent is in <tap>/child.in.
+    let tap = tempfile::tempdir().unwrap();
+    let (_fake, p, _url) = start_with(|fake| {
+        let js = server_js();
+        let tapped = format!(
+            "[\"{PEERS}/stdio_tap.py\", \"{}\", \"node\", \"{js}\"]",
+            tap.path().join("child").display()
+        );
+        seed_config(fake, 1, "sharedChildren: 1")
+            .replace("cmd: node", "cmd: python3")
+            .replace(&format!("[\"{js}\"]"), &tapped)
+    });
+    let (a, b) = (
+        "demo://resource/dynamic/text/1",
+        "demo://resource/dynamic/text/2",
+    );
+    let h = hdrs("subscriptions/listen", None);
+    // Subscribed in this order, server-everything sends b's update before
+    // a's in each round: an update of b leaked to a's streams would come
+    // before the a they wait for.
+    let listen = |id: &str, uri: &str| {
+        let mut r = raw_post(&p, &h, &listen_body(id, &[uri]));
+        assert_eq!(head(&mut r).0, 200);
+        let ack = next_event(&mut r).expect("the acknowledgement");
+        assert_eq!(
+            ack["params"]["notifications"],
+            json!({ "resourceSubscriptions": [uri] }),
+            "{ack}"
+        );
+        r
+    };
+    let mut lb = listen("Lb", b);
+    let mut la1 = listen("La1", a);
+    let mut la2 = listen("La2", a);
+    // Two streams of `a`: the child was asked once.
+    assert_eq!(child_got(tap.path(), "resources/subscribe", a), 1);
+    assert_eq!(child_got(tap.path(), "resources/subscribe", b), 1);
+
+    // Starts the child's updates of what it is subscribed to (every 5 s).
+    let th = hdrs("tools/call", Some("toggle-subscriber-updates"));
+    let mut r = raw_post(
+        &p,
+        &th,
+        &call_body("1", "toggle-subscriber-updates", "{}", None),
+    );
+    assert_eq!(head(&mut r).0, 200);
+    let done = next_event(&mut r).expect("the toggle's answer");
+    assert!(
+        done["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Started"),
+        "{done}"
+    );
+    for (r, id, uri) in [
+        (&mut lb, "Lb", b),
+        (&mut la1, "La1", a),
+        (&mut la2, "La2", a),
+    ] {
+        let ev = next_event(r).expect("an update");
+        assert_eq!(ev["method"], "notifications/resources/updated", "{ev}");
+        assert_eq!(ev["params"]["uri"], uri, "{id}: {ev}");
+        assert_eq!(
+            ev["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], id,
+            "{ev}"
+        );
+    }
+
+    // The last stream of `a` gone, the child is unsubscribed from `a` only.
+    drop((la1, la2));
+    p.wait_log(|l| l.contains("unsubscribed from a resource") && l.contains(a))
+        .expect("the child is unsubscribed once no stream wants a");
+    assert_eq!(child_got(tap.path(), "resources/unsubscribe", a), 1);
+    assert_eq!(child_got(tap.path(), "resources/unsubscribe", b), 0);
+    // b's stream still gets b's updates, and never a's.
+    let ev = next_event(&mut lb).expect("the next update of b");
+    assert_eq!(ev["params"]["uri"], b, "{ev}");
+    drop(lb);
+    p.wait_log(|l| l.contains("unsubscribed from a resource") && l.contains(b))
+        .expect("the child is unsubscribed from b in turn");
 }

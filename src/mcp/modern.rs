@@ -15,7 +15,10 @@
 //! - methods the revision removed (`initialize`, `ping`,
 //!   `logging/setLevel`, `resources/subscribe`...) are 404 / -32601;
 //! - `subscriptions/listen` opens a stream of the target's children's
-//!   `list_changed` notifications on this worker ([`shared::listen`]);
+//!   `list_changed` notifications on this worker, and of their
+//!   `notifications/resources/updated` for the `resourceSubscriptions` the
+//!   caller may read (`resources/read` under `mcpAuthorization`), which
+//!   ringgate subscribes the children to ([`shared::listen`]);
 //! - MRTR: a retry with `requestState` ([`state`]) resumes the call that
 //!   waits on a shared child for the client's input;
 //! - any other request goes to a shared child of this worker; its answer
@@ -190,10 +193,25 @@ pub async fn post(
         let n = serde_json::from_str::<P>(&m.line)
             .ok()
             .and_then(|p| p.params?.notifications);
-        let rx = target
-            .listeners()
-            .open(id.unwrap_or("null"), Filter::parse(n));
-        return sse(rx);
+        let mut filter = Filter::parse(n);
+        if !filter.uris.is_empty() {
+            // Only what the child can subscribe to, and the caller may read.
+            match target.info().await {
+                Ok(info) if subscribable(&info.capabilities) => {}
+                Ok(_) => filter.uris.clear(),
+                Err(u) => return unavailable(u),
+            }
+            if let Some(a) = &authz {
+                filter.uris.retain(|uri| {
+                    let kind = crate::policy::cel::McpKind::Resource;
+                    let d = a
+                        .rules
+                        .decide_for(&a.vars, "resources/read", kind, a.target, uri);
+                    d.allowed()
+                });
+            }
+        }
+        return sse(target.listen(id.unwrap_or("null"), filter).await);
     }
     if method == "server/discover" {
         return match target.info().await {
@@ -318,6 +336,12 @@ fn retry(env: &envelope::Envelope, token: &serde_json::value::RawValue, m: &Mrtr
 }
 
 const INVALID_PARAMS: i64 = -32602;
+
+/// The child's capabilities (raw JSON) have `resources.subscribe: true`.
+fn subscribable(capabilities: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(capabilities)
+        .is_ok_and(|c| c["resources"]["subscribe"] == true)
+}
 
 /// ringgate's `server/discover` answer (ringgate's own JSON, with the
 /// child's capabilities, instructions and serverInfo as it wrote them).

@@ -162,6 +162,28 @@ impl Target {
         &self.listeners
     }
 
+    /// Opens a `subscriptions/listen` stream for request `id` (raw bytes).
+    /// Its `filter.uris` (already narrowed to what the caller may read) are
+    /// subscribed on every ready child first, so that the acknowledgement,
+    /// its first event, names only URIs whose updates will come; children
+    /// that start later subscribe to them before they serve.
+    pub async fn listen(&self, id: &str, filter: listen::Filter) -> flume::Receiver<Vec<u8>> {
+        let uris = filter.uris.clone();
+        let (key, rx) = self.listeners.open(id, filter);
+        let children: Vec<Rc<SharedChild>> =
+            self.slots.borrow().iter().flatten().cloned().collect();
+        let mut refused = std::collections::BTreeSet::new();
+        for uri in &uris {
+            for c in children.iter().filter(|c| !c.is_dead()) {
+                if !c.subscribe(uri).await && !c.is_dead() {
+                    refused.insert(uri.clone());
+                }
+            }
+        }
+        self.listeners.acknowledge(key, &refused);
+        rx
+    }
+
     /// Pids of the ready children (tests, logs).
     pub fn pids(&self) -> Vec<u32> {
         self.slots
@@ -332,6 +354,7 @@ async fn keep_slot(t: Rc<Target>, slot: usize) {
                 );
                 match initialize(&c).await {
                     Ok(info) => {
+                        c.set_ready().await;
                         info!(target = %t.label, slot, pid = c.pid(), protocol = %info.protocol, "shared MCP child ready");
                         if t.shut.get() {
                             c.end("shutting down");

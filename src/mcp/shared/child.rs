@@ -10,7 +10,7 @@
 //! both directions is the peers' own bytes.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,8 @@ use crate::pool::{ChildHandle, ChildReader, ChildWriter};
 use std::sync::Arc;
 
 use super::listen::{Listeners, STREAM_DEPTH};
+
+mod subscribe;
 use super::Signal;
 use crate::mcp::modern::state::{self, Parked, Resume};
 
@@ -111,6 +113,12 @@ pub struct SharedChild {
     input_timeout: Duration,
     inbox: flume::Sender<Resume>,
     listeners: Rc<Listeners>,
+    /// Initialized: ringgate's own requests other than `initialize` may go.
+    ready: Cell<bool>,
+    /// Resource URIs this child is subscribed to (or being subscribed to).
+    subscribed: RefCell<BTreeSet<String>>,
+    /// URIs it refused to subscribe to: not asked again.
+    refused: RefCell<BTreeSet<String>>,
 }
 
 /// Why a request could not be handed to the child.
@@ -145,6 +153,9 @@ impl SharedChild {
             input_timeout,
             inbox,
             listeners,
+            ready: Cell::new(false),
+            subscribed: RefCell::default(),
+            refused: RefCell::default(),
         });
         monoio::spawn(resume_loop(Rc::downgrade(&me), resumes));
         monoio::spawn(write_loop(Rc::downgrade(&me), rx, writer, timeout));
@@ -360,6 +371,11 @@ impl SharedChild {
             }
             Outgoing::Notification { method, .. } if method.ends_with("/list_changed") => {
                 self.listeners.broadcast(&method, text);
+            }
+            Outgoing::Notification { method, .. }
+                if method == "notifications/resources/updated" =>
+            {
+                self.listeners.updated(text);
             }
             Outgoing::Notification { method, .. } if method == "notifications/message" => {
                 self.log_message(text);
@@ -693,5 +709,6 @@ async fn sweep_loop(me: std::rc::Weak<SharedChild>) {
             return;
         }
         me.sweep(Instant::now());
+        me.reconcile();
     }
 }

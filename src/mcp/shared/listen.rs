@@ -1,10 +1,18 @@
 //! `subscriptions/listen` streams of one target on one worker: the
 //! `list_changed` notifications of that worker's shared children of the
-//! target, each with `_meta["io.modelcontextprotocol/subscriptionId"]`
-//! spliced in (the listen request's id), to the streams that asked for
-//! that kind.
+//! target, and their `notifications/resources/updated` for the URIs a
+//! stream named in `resourceSubscriptions`, each with
+//! `_meta["io.modelcontextprotocol/subscriptionId"]` spliced in (the listen
+//! request's id), to the streams that asked for them.
+//!
+//! The URIs the live streams name are what every child of the target is
+//! subscribed to ([`Listeners::wanted`]); each child keeps its own
+//! subscriptions in line with it (`child::SharedChild::reconcile`), so two
+//! streams of one URI subscribe a child once, and the last one to go
+//! unsubscribes it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -19,11 +27,14 @@ pub const STREAM_DEPTH: usize = 64;
 pub const SUBSCRIPTION_ID_KEY: &str = "io.modelcontextprotocol/subscriptionId";
 
 /// The kinds a listen stream asked for (and ringgate honours).
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Filter {
     pub tools: bool,
     pub prompts: bool,
     pub resources: bool,
+    /// `resourceSubscriptions`: the URIs whose updates it gets (what the
+    /// caller asked for, narrowed by the caller of `Listeners::open`).
+    pub uris: Vec<String>,
 }
 
 impl Filter {
@@ -35,14 +46,19 @@ impl Filter {
             tools_list_changed: Option<bool>,
             prompts_list_changed: Option<bool>,
             resources_list_changed: Option<bool>,
+            resource_subscriptions: Option<Vec<String>>,
         }
         let f: F = notifications
             .and_then(|n| serde_json::from_str(n.get()).ok())
             .unwrap_or_default();
+        let mut uris = f.resource_subscriptions.unwrap_or_default();
+        uris.sort();
+        uris.dedup();
         Filter {
             tools: f.tools_list_changed == Some(true),
             prompts: f.prompts_list_changed == Some(true),
             resources: f.resources_list_changed == Some(true),
+            uris,
         }
     }
 
@@ -67,6 +83,10 @@ impl Filter {
                 honoured.push(format!("\"{key}\":true"));
             }
         }
+        if !self.uris.is_empty() {
+            let uris = serde_json::to_string(&self.uris).unwrap_or_else(|_| "[]".into());
+            honoured.push(format!("\"resourceSubscriptions\":{uris}"));
+        }
         format!(
             r#"{{"jsonrpc":"2.0","method":"notifications/subscriptions/acknowledged","params":{{"notifications":{{{}}},"_meta":{{"{SUBSCRIPTION_ID_KEY}":{id}}}}}}}"#,
             honoured.join(",")
@@ -75,37 +95,101 @@ impl Filter {
 }
 
 struct Listener {
+    key: u64,
     id: String,
     filter: Filter,
     tx: flume::Sender<Vec<u8>>,
+    /// Its acknowledgement is sent: notifications may follow.
+    acked: bool,
 }
 
 /// The listen streams of one target on this worker.
 #[derive(Default)]
-pub struct Listeners(RefCell<Vec<Listener>>);
+pub struct Listeners {
+    all: RefCell<Vec<Listener>>,
+    next: Cell<u64>,
+}
 
 impl Listeners {
-    /// Opens a stream for listen request `id` (raw id bytes); its first
-    /// event is the acknowledgement.
-    pub fn open(&self, id: &str, filter: Filter) -> flume::Receiver<Vec<u8>> {
+    /// Registers a stream for listen request `id` (raw id bytes): its URIs
+    /// count as wanted from now on, and nothing is sent to it before
+    /// [`Listeners::acknowledge`].
+    pub fn open(&self, id: &str, filter: Filter) -> (u64, flume::Receiver<Vec<u8>>) {
         let (tx, rx) = flume::bounded(STREAM_DEPTH);
-        let _ = tx.try_send(sse::event(filter.ack(id).as_bytes()));
-        let mut all = self.0.borrow_mut();
+        let key = self.next.get();
+        self.next.set(key + 1);
+        let mut all = self.all.borrow_mut();
         all.retain(|l| !l.tx.is_disconnected());
         all.push(Listener {
+            key,
             id: id.to_string(),
             filter,
             tx,
+            acked: false,
         });
-        rx
+        (key, rx)
+    }
+
+    /// The stream's first event: the acknowledgement, naming the URIs it
+    /// asked for except `refused` (no child would subscribe to them).
+    pub fn acknowledge(&self, key: u64, refused: &BTreeSet<String>) {
+        let mut all = self.all.borrow_mut();
+        let Some(l) = all.iter_mut().find(|l| l.key == key) else {
+            return;
+        };
+        l.filter.uris.retain(|u| !refused.contains(u));
+        let _ = l.tx.try_send(sse::event(l.filter.ack(&l.id).as_bytes()));
+        l.acked = true;
+    }
+
+    /// The URIs the live streams asked for; forgets streams whose client
+    /// went away.
+    pub fn wanted(&self) -> BTreeSet<String> {
+        let mut all = self.all.borrow_mut();
+        all.retain(|l| !l.tx.is_disconnected());
+        all.iter()
+            .flat_map(|l| l.filter.uris.iter().cloned())
+            .collect()
+    }
+
+    /// Sends a child's `notifications/resources/updated` line to the
+    /// streams that asked for its URI (exactly that URI: a sub-resource the
+    /// caller never named may be one it may not read).
+    pub fn updated(&self, line: &str) {
+        #[derive(Deserialize)]
+        struct N<'a> {
+            #[serde(borrow)]
+            params: Option<U<'a>>,
+        }
+        #[derive(Deserialize)]
+        struct U<'a> {
+            #[serde(borrow)]
+            uri: Option<std::borrow::Cow<'a, str>>,
+        }
+        let Some(uri) = serde_json::from_str::<N>(line)
+            .ok()
+            .and_then(|n| n.params?.uri)
+        else {
+            return;
+        };
+        let all = self.all.borrow();
+        for l in all.iter().filter(|l| l.acked) {
+            if l.filter.uris.iter().any(|u| *u == uri) {
+                if let Some(out) = with_subscription_id(line, &l.id) {
+                    // Lossy under a slow reader, as list_changed: the
+                    // client reads the resource again anyway.
+                    let _ = l.tx.try_send(sse::event(out.as_bytes()));
+                }
+            }
+        }
     }
 
     /// Sends a child's notification line to the streams that asked for its
     /// kind; forgets streams whose client went away.
     pub fn broadcast(&self, method: &str, line: &str) {
-        let mut all = self.0.borrow_mut();
+        let mut all = self.all.borrow_mut();
         all.retain(|l| !l.tx.is_disconnected());
-        for l in all.iter().filter(|l| l.filter.wants(method)) {
+        for l in all.iter().filter(|l| l.acked && l.filter.wants(method)) {
             if let Some(out) = with_subscription_id(line, &l.id) {
                 // Lossy under a slow reader: a list_changed is a level
                 // trigger, the next one says the same.
@@ -115,7 +199,7 @@ impl Listeners {
     }
 
     pub fn len(&self) -> usize {
-        self.0.borrow().len()
+        self.all.borrow().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -210,12 +294,67 @@ mod tests {
             r#"{"toolsListChanged":true,"resourceSubscriptions":["a"]}"#.into(),
         )
         .unwrap();
-        let f = Filter::parse(Some(&raw));
+        let mut f = Filter::parse(Some(&raw));
         let v: serde_json::Value = serde_json::from_str(&f.ack("\"s1\"")).unwrap();
+        assert_eq!(
+            v["params"]["notifications"],
+            serde_json::json!({"toolsListChanged": true, "resourceSubscriptions": ["a"]})
+        );
+        assert_eq!(v["params"]["_meta"][SUBSCRIPTION_ID_KEY], "s1");
+        f.uris.clear();
+        let v: serde_json::Value = serde_json::from_str(&f.ack("7")).unwrap();
         assert_eq!(
             v["params"]["notifications"],
             serde_json::json!({"toolsListChanged": true})
         );
-        assert_eq!(v["params"]["_meta"][SUBSCRIPTION_ID_KEY], "s1");
+    }
+}
+
+#[cfg(test)]
+mod updates {
+    use super::*;
+
+    fn events(rx: &flume::Receiver<Vec<u8>>) -> Vec<String> {
+        rx.try_iter()
+            .map(|e| String::from_utf8(e).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn an_update_reaches_only_the_acknowledged_streams_of_its_uri() {
+        let ls = Listeners::default();
+        let f = |uris: &[&str]| Filter {
+            uris: uris.iter().map(|u| u.to_string()).collect(),
+            ..Filter::default()
+        };
+        let (a, ra) = ls.open("\"a\"", f(&["x://1", "x://2"]));
+        let (b, rb) = ls.open("\"b\"", f(&["x://2"]));
+        let (_c, rc) = ls.open("\"c\"", f(&["x://1"]));
+        let refused: BTreeSet<String> = ["x://2".to_string()].into();
+        ls.acknowledge(a, &BTreeSet::new());
+        ls.acknowledge(b, &refused);
+        assert_eq!(
+            ls.wanted().into_iter().collect::<Vec<_>>(),
+            ["x://1", "x://2"]
+        );
+        let ack_b = events(&rb);
+        assert!(!ack_b[0].contains("resourceSubscriptions"), "{ack_b:?}");
+        assert_eq!(events(&ra).len(), 1);
+        ls.updated(r#"{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"x://1"}}"#);
+        let got = events(&ra);
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].contains(
+                r#""_meta":{"io.modelcontextprotocol/subscriptionId":"a"},"uri":"x://1""#
+            ),
+            "{got:?}"
+        );
+        // b was refused x://2 and never named x://1; c is not acknowledged.
+        ls.updated(r#"{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"x://2"}}"#);
+        assert_eq!(events(&ra).len(), 1);
+        assert!(events(&rb).is_empty());
+        assert!(events(&rc).is_empty());
+        drop((ra, rc));
+        assert!(ls.wanted().is_empty());
     }
 }
