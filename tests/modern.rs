@@ -4,78 +4,14 @@
 //! shared children; and the transport's header and version rules over raw
 //! HTTP, each with the spec's status and JSON-RPC code.
 
+#[path = "modern_common/mod.rs"]
+mod common;
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-use std::process::Command;
-
+use common::*;
 use serde_json::{json, Value};
-use support::fake_tailscaled::FakeTailscaled;
-use support::mcp::{server_js, ACCEPT};
+use support::mcp::ACCEPT;
 use support::*;
-
-const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
-const ALICE: &str = "127.0.0.2";
-const BOB: &str = "127.0.0.3";
-const V: &str = "2026-07-28";
-
-/// The seed config (config/tailscale.yaml) with test-sized settings, as
-/// `e2e_mcp.rs` makes it, plus `mcp` settings.
-fn seed_config(fake: &FakeTailscaled, threads: usize, mcp: &str) -> String {
-    let seed = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/tailscale.yaml"
-    ))
-    .unwrap();
-    let out = seed
-        .replace("- port: 3000", "- port: 0\n  address: 127.0.0.1")
-        .replace("unix:/run/tailscale/tailscaled.sock", &fake.target())
-        .replace("cmd: npx", "cmd: node")
-        .replace(
-            "[\"@modelcontextprotocol/server-everything\"]",
-            &format!("[\"{}\"]", server_js()),
-        )
-        .replace(
-            "allowOrigins: [\"*\"]",
-            "allowOrigins: [\"https://app.example.com\"]",
-        );
-    assert!(
-        out.contains("- port: 0") && out.contains("cmd: node"),
-        "seed changed shape"
-    );
-    format!("config:\n  workerThreads: {threads}\n  mcp: {{stopGrace: 500ms, {mcp}}}\n{out}")
-}
-
-fn start(threads: usize, mcp: &str) -> (FakeTailscaled, Proxy, String) {
-    start_with(|fake| seed_config(fake, threads, mcp))
-}
-
-fn start_with(config: impl Fn(&FakeTailscaled) -> String) -> (FakeTailscaled, Proxy, String) {
-    let fake = FakeTailscaled::builder()
-        .user(ALICE, "alice-laptop.tail1234.ts.net.", "alice@example.com")
-        .user(BOB, "bob-laptop.tail1234.ts.net.", "bob@example.com")
-        .start();
-    let p = Proxy::start(&config(&fake), &[]);
-    let url = format!("http://{}/mcp", p.addr());
-    (fake, p, url)
-}
-
-fn modern_client(url: &str, src: &str, args: &[&str]) -> Value {
-    let out = Command::new(format!("{PEERS}/.venv/bin/python"))
-        .arg(format!("{PEERS}/modern_client.py"))
-        .args(["--url", url, "--source-ip", src])
-        .args(args)
-        .output()
-        .expect("run the Python MCP client (tests/peers/setup.sh installs it)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "client printed no JSON ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 fn assert_full_run(v: &Value) {
     assert_eq!(v["ok"], true, "{v:#}");
@@ -170,81 +106,6 @@ fn sixteen_clients_over_two_shared_children_never_cross() {
         .filter(|l| l.contains("shared MCP child ready"))
         .count();
     assert_eq!(ready, 2, "two shared children served all of them");
-}
-
-/// A raw modern POST over HTTP/1.0 (the stream then ends with the
-/// connection, so events can be read line by line).
-fn raw_post(p: &Proxy, headers: &[(&str, &str)], body: &str) -> BufReader<TcpStream> {
-    raw_post_from(ALICE, p, headers, body)
-}
-
-fn raw_post_from(
-    src: &str,
-    p: &Proxy,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> BufReader<TcpStream> {
-    let mut s = connect_from(src, p.addr());
-    let mut req = format!(
-        "POST /mcp HTTP/1.0\r\nHost: gw\r\nAccept: {ACCEPT}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    BufReader::new(s)
-}
-
-/// Reads the status line and headers.
-fn head(r: &mut BufReader<TcpStream>) -> (u16, Vec<String>) {
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    let status = line.split(' ').nth(1).unwrap().parse().unwrap();
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        r.read_line(&mut line).unwrap();
-        if line.trim().is_empty() {
-            return (status, headers);
-        }
-        headers.push(line.trim().to_ascii_lowercase());
-    }
-}
-
-/// The next SSE event's data, `None` at the end of the stream.
-fn next_event(r: &mut BufReader<TcpStream>) -> Option<Value> {
-    let mut data = String::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let l = line.trim_end_matches(['\r', '\n']);
-        if let Some(d) = l.strip_prefix("data: ") {
-            data.push_str(d);
-        } else if l.is_empty() && !data.is_empty() {
-            return Some(serde_json::from_str(&data).unwrap());
-        }
-    }
-}
-
-fn call_body(id: &str, tool: &str, args: &str, token: Option<&str>) -> String {
-    let token = token.map_or(String::new(), |t| format!(r#""progressToken":{t},"#));
-    format!(
-        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{args},"_meta":{{{token}"io.modelcontextprotocol/protocolVersion":"{V}","io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}"#
-    )
-}
-
-fn hdrs<'a>(method: &'a str, name: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
-    let mut h = vec![("MCP-Protocol-Version", V), ("Mcp-Method", method)];
-    if let Some(n) = name {
-        h.push(("Mcp-Name", n));
-    }
-    h
 }
 
 #[test]
@@ -599,54 +460,6 @@ fn request_state_is_refused_when_tampered_or_presented_by_another_caller() {
 }
 
 #[test]
-fn listen_acknowledges_then_delivers_list_changed() {
-    let (_fake, p, _url) = start(1, "sharedChildren: 1");
-    // The target's first modern request: the listen stream exists before
-    // its child starts, and the child says list_changed once initialized.
-    let body = format!(
-        r#"{{"jsonrpc":"2.0","id":"L1","method":"subscriptions/listen","params":{{"notifications":{{"toolsListChanged":true,"promptsListChanged":true}},"_meta":{{"io.modelcontextprotocol/protocolVersion":"{V}","io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}"#
-    );
-    let mut r = raw_post(&p, &hdrs("subscriptions/listen", None), &body);
-    assert_eq!(head(&mut r).0, 200);
-    let ack = next_event(&mut r).expect("the acknowledgement");
-    assert_eq!(
-        ack["method"], "notifications/subscriptions/acknowledged",
-        "{ack}"
-    );
-    assert_eq!(
-        ack["params"]["notifications"],
-        json!({"toolsListChanged": true, "promptsListChanged": true}),
-        "{ack}"
-    );
-    assert_eq!(
-        ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
-        "L1"
-    );
-    let ev = next_event(&mut r).expect("a list_changed");
-    assert_eq!(ev["method"], "notifications/tools/list_changed", "{ev}");
-    assert_eq!(
-        ev["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], "L1",
-        "{ev}"
-    );
-
-    // The Python SDK's listen() gets its acknowledgement too.
-    let url = format!("http://{}/mcp", p.addr());
-    let v = modern_client(
-        &url,
-        ALICE,
-        &["--scenario", "listen", "--mode", V, "--timeout", "5"],
-    );
-    assert_eq!(v["ok"], true, "{v:#}");
-    assert!(
-        v["honored"]
-            .as_str()
-            .unwrap()
-            .contains("tools_list_changed=True"),
-        "{v:#}"
-    );
-}
-
-#[test]
 fn an_unanswered_input_request_expires_and_its_state_is_refused() {
     let (_fake, p, _url) = start(1, "inputRequiredTimeout: 1s");
     let h = hdrs("tools/call", Some("trigger-elicitation-request"));
@@ -669,104 +482,4 @@ fn an_unanswered_input_request_expires_and_its_state_is_refused() {
         v["error"]["message"].as_str().unwrap().contains("expired"),
         "{v}"
     );
-}
-
-fn listen_body(id: &str, uris: &[&str]) -> String {
-    let uris = serde_json::to_string(uris).unwrap();
-    format!(
-        r#"{{"jsonrpc":"2.0","id":"{id}","method":"subscriptions/listen","params":{{"notifications":{{"resourceSubscriptions":{uris}}},"_meta":{{"io.modelcontextprotocol/protocolVersion":"{V}","io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}"#
-    )
-}
-
-/// The lines the tapped child was sent with `method` for `uri`.
-fn child_got(tap: &std::path::Path, method: &str, uri: &str) -> usize {
-    let text = std::fs::read_to_string(tap.join("child.in")).unwrap_or_default();
-    text.lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["method"] == method && v["params"]["uri"] == uri)
-        .count()
-}
-
-#[test]
-fn listen_delivers_updates_of_its_resources_and_unsubscribes_when_closed() {
-    // One tapped child: what it is sent is in <tap>/child.in.
-    let tap = tempfile::tempdir().unwrap();
-    let (_fake, p, _url) = start_with(|fake| {
-        let js = server_js();
-        let tapped = format!(
-            "[\"{PEERS}/stdio_tap.py\", \"{}\", \"node\", \"{js}\"]",
-            tap.path().join("child").display()
-        );
-        seed_config(fake, 1, "sharedChildren: 1")
-            .replace("cmd: node", "cmd: python3")
-            .replace(&format!("[\"{js}\"]"), &tapped)
-    });
-    let (a, b) = (
-        "demo://resource/dynamic/text/1",
-        "demo://resource/dynamic/text/2",
-    );
-    let h = hdrs("subscriptions/listen", None);
-    // Subscribed in this order, server-everything sends b's update before
-    // a's in each round: an update of b leaked to a's streams would come
-    // before the a they wait for.
-    let listen = |id: &str, uri: &str| {
-        let mut r = raw_post(&p, &h, &listen_body(id, &[uri]));
-        assert_eq!(head(&mut r).0, 200);
-        let ack = next_event(&mut r).expect("the acknowledgement");
-        assert_eq!(
-            ack["params"]["notifications"],
-            json!({ "resourceSubscriptions": [uri] }),
-            "{ack}"
-        );
-        r
-    };
-    let mut lb = listen("Lb", b);
-    let mut la1 = listen("La1", a);
-    let mut la2 = listen("La2", a);
-    // Two streams of `a`: the child was asked once.
-    assert_eq!(child_got(tap.path(), "resources/subscribe", a), 1);
-    assert_eq!(child_got(tap.path(), "resources/subscribe", b), 1);
-
-    // Starts the child's updates of what it is subscribed to (every 5 s).
-    let th = hdrs("tools/call", Some("toggle-subscriber-updates"));
-    let mut r = raw_post(
-        &p,
-        &th,
-        &call_body("1", "toggle-subscriber-updates", "{}", None),
-    );
-    assert_eq!(head(&mut r).0, 200);
-    let done = next_event(&mut r).expect("the toggle's answer");
-    assert!(
-        done["result"]["content"][0]["text"]
-            .as_str()
-            .unwrap()
-            .contains("Started"),
-        "{done}"
-    );
-    for (r, id, uri) in [
-        (&mut lb, "Lb", b),
-        (&mut la1, "La1", a),
-        (&mut la2, "La2", a),
-    ] {
-        let ev = next_event(r).expect("an update");
-        assert_eq!(ev["method"], "notifications/resources/updated", "{ev}");
-        assert_eq!(ev["params"]["uri"], uri, "{id}: {ev}");
-        assert_eq!(
-            ev["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], id,
-            "{ev}"
-        );
-    }
-
-    // The last stream of `a` gone, the child is unsubscribed from `a` only.
-    drop((la1, la2));
-    p.wait_log(|l| l.contains("unsubscribed from a resource") && l.contains(a))
-        .expect("the child is unsubscribed once no stream wants a");
-    assert_eq!(child_got(tap.path(), "resources/unsubscribe", a), 1);
-    assert_eq!(child_got(tap.path(), "resources/unsubscribe", b), 0);
-    // b's stream still gets b's updates, and never a's.
-    let ev = next_event(&mut lb).expect("the next update of b");
-    assert_eq!(ev["params"]["uri"], b, "{ev}");
-    drop(lb);
-    p.wait_log(|l| l.contains("unsubscribed from a resource") && l.contains(b))
-        .expect("the child is unsubscribed from b in turn");
 }
