@@ -28,6 +28,7 @@
 
 pub mod authz;
 pub mod endpoint;
+mod get_stream;
 mod job;
 pub mod jsonrpc;
 pub mod modern;

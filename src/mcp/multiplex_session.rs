@@ -17,7 +17,7 @@
 //!   (`notifications/tools/list_changed`), and the others serve on.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::mcp::authz::PostAuthz;
+use crate::mcp::get_stream::GetStream;
 use crate::mcp::jsonrpc::{self, Kind, Message, Outgoing};
 use crate::mcp::multiplex::{self as mx, Answer, ListKind, Naming};
 use crate::mcp::session::{PostError, Session, POST_STREAM_DEPTH};
@@ -41,8 +42,7 @@ pub struct Child {
 }
 
 struct State {
-    get: Option<flume::Sender<Vec<u8>>>,
-    backlog: VecDeque<Vec<u8>>,
+    get: GetStream,
     last_active: Instant,
     ended: bool,
     protocol: Option<String>,
@@ -58,8 +58,6 @@ pub struct MultiSession {
     fail_open: bool,
     children: Vec<Child>,
     state: RefCell<State>,
-    max_backlog: usize,
-    pub overflow: Cell<u64>,
 }
 
 /// What a fanned-out request's answers become.
@@ -95,15 +93,12 @@ impl MultiSession {
                 })
                 .collect(),
             state: RefCell::new(State {
-                get: None,
-                backlog: VecDeque::new(),
+                get: GetStream::new(max_backlog),
                 last_active: Instant::now(),
                 ended: false,
                 protocol: None,
                 index: HashMap::new(),
             }),
-            max_backlog,
-            overflow: Cell::new(0),
         });
         // Each child's server-to-client messages, relayed for good.
         for (i, c) in me.children.iter().enumerate() {
@@ -136,12 +131,12 @@ impl MultiSession {
 
     pub fn idle_since(&self) -> Option<Instant> {
         let st = self.state.borrow();
-        let get_open = st.get.as_ref().is_some_and(|tx| !tx.is_disconnected());
+        let get_open = st.get.is_open();
         (self.in_flight() == 0 && !get_open).then_some(st.last_active)
     }
 
     pub fn close_get(&self) {
-        self.state.borrow_mut().get = None;
+        self.state.borrow_mut().get.close();
     }
 
     pub fn open_get(&self) -> Option<flume::Receiver<Vec<u8>>> {
@@ -150,39 +145,11 @@ impl MultiSession {
             return None;
         }
         st.last_active = Instant::now();
-        let (tx, rx) = flume::bounded(self.max_backlog);
-        while let Some(ev) = st.backlog.pop_front() {
-            let _ = tx.try_send(ev);
-        }
-        st.get = Some(tx);
-        Some(rx)
+        Some(st.get.open())
     }
 
     fn to_get_stream(&self, event: Vec<u8>) {
-        let mut st = self.state.borrow_mut();
-        if let Some(tx) = &st.get {
-            match tx.try_send(event) {
-                Ok(()) => return,
-                Err(flume::TrySendError::Full(_)) => {
-                    self.overflow.set(self.overflow.get() + 1);
-                    return;
-                }
-                Err(flume::TrySendError::Disconnected(ev)) => {
-                    st.get = None;
-                    if st.backlog.len() >= self.max_backlog {
-                        st.backlog.pop_front();
-                        self.overflow.set(self.overflow.get() + 1);
-                    }
-                    st.backlog.push_back(ev);
-                    return;
-                }
-            }
-        }
-        if st.backlog.len() >= self.max_backlog {
-            st.backlog.pop_front();
-            self.overflow.set(self.overflow.get() + 1);
-        }
-        st.backlog.push_back(event);
+        self.state.borrow_mut().get.send(event);
     }
 
     fn alive(&self) -> impl Iterator<Item = (usize, &Child)> {
@@ -572,8 +539,7 @@ impl MultiSession {
                 return;
             }
             st.ended = true;
-            st.get = None;
-            st.backlog.clear();
+            st.get.clear();
         }
         info!(session = &*self.id, reason, "session ended");
         for c in &self.children {

@@ -24,7 +24,7 @@
 //! line on its stdin within the same timeout ends the session: its pending
 //! requests get their JSON-RPC error on their streams.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -34,6 +34,7 @@ use tracing::{info, warn};
 use std::sync::Arc;
 
 use crate::mcp::authz::PostAuthz;
+use crate::mcp::get_stream::GetStream;
 use crate::mcp::jsonrpc::{self, Kind, Message, Outgoing};
 use crate::mcp::sse;
 use crate::policy::mcp_authz::{Filtered, ListFilter, ListKind};
@@ -72,8 +73,7 @@ struct State {
     pending: HashMap<String, Pending>,
     /// progressToken -> request id.
     progress: HashMap<String, String>,
-    get: Option<flume::Sender<Vec<u8>>>,
-    backlog: VecDeque<Vec<u8>>,
+    get: GetStream,
     last_active: Instant,
     protocol: Option<String>,
     ended: bool,
@@ -92,10 +92,7 @@ pub struct Session {
     pub backend: String,
     handle: ChildHandle,
     state: RefCell<State>,
-    max_backlog: usize,
     request_timeout: Duration,
-    /// Server-to-client messages dropped because no GET stream took them.
-    pub overflow: Cell<u64>,
 }
 
 /// Why a POST could not be delivered to the session.
@@ -127,17 +124,14 @@ impl Session {
             state: RefCell::new(State {
                 pending: HashMap::new(),
                 progress: HashMap::new(),
-                get: None,
-                backlog: VecDeque::new(),
+                get: GetStream::new(max_backlog),
                 last_active: Instant::now(),
                 protocol: None,
                 ended: false,
                 cancelled: VecDeque::new(),
                 outbound: Some(tx),
             }),
-            max_backlog,
             request_timeout,
-            overflow: Cell::new(0),
         });
         monoio::spawn(write_child(
             Rc::downgrade(&session),
@@ -168,7 +162,7 @@ impl Session {
     /// is open (a connected client).
     pub fn idle_since(&self) -> Option<Instant> {
         let st = self.state.borrow();
-        let get_open = st.get.as_ref().is_some_and(|tx| !tx.is_disconnected());
+        let get_open = st.get.is_open();
         (st.pending.is_empty() && !get_open).then_some(st.last_active)
     }
 
@@ -255,12 +249,7 @@ impl Session {
             return None;
         }
         st.last_active = Instant::now();
-        let (tx, rx) = flume::bounded(self.max_backlog);
-        while let Some(ev) = st.backlog.pop_front() {
-            let _ = tx.try_send(ev);
-        }
-        st.get = Some(tx);
-        Some(rx)
+        Some(st.get.open())
     }
 
     pub fn in_flight(&self) -> usize {
@@ -269,7 +258,7 @@ impl Session {
 
     /// Ends the GET stream, if one is open (drain).
     pub fn close_get(&self) {
-        self.state.borrow_mut().get = None;
+        self.state.borrow_mut().get.close();
     }
 
     pub fn touch(&self) {
@@ -347,29 +336,7 @@ impl Session {
     }
 
     fn to_get_stream(&self, event: Vec<u8>) {
-        let mut st = self.state.borrow_mut();
-        if let Some(tx) = &st.get {
-            match tx.try_send(event) {
-                Ok(()) => return,
-                Err(flume::TrySendError::Full(_)) => {
-                    self.overflow.set(self.overflow.get() + 1);
-                    return;
-                }
-                Err(flume::TrySendError::Disconnected(ev)) => {
-                    st.get = None;
-                    return self.backlog_push(&mut st, ev);
-                }
-            }
-        }
-        self.backlog_push(&mut st, event);
-    }
-
-    fn backlog_push(&self, st: &mut State, event: Vec<u8>) {
-        if st.backlog.len() >= self.max_backlog {
-            st.backlog.pop_front();
-            self.overflow.set(self.overflow.get() + 1);
-        }
-        st.backlog.push_back(event);
+        self.state.borrow_mut().get.send(event);
     }
 
     /// Fails every request whose deadline has passed: a JSON-RPC error on its
@@ -446,8 +413,7 @@ impl Session {
             }
             st.ended = true;
             st.progress.clear();
-            st.get = None;
-            st.backlog.clear();
+            st.get.clear();
             st.outbound = None;
             std::mem::take(&mut st.pending)
         };
