@@ -13,37 +13,6 @@ use support::*;
 
 const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
 
-fn server_js() -> String {
-    format!("{PEERS}/node_modules/@modelcontextprotocol/server-everything/dist/index.js")
-}
-
-/// The seed config with test-sized settings: node directly (not npx), the
-/// fake tailscaled's socket, an ephemeral loopback port.
-fn seed_config(fake: &FakeTailscaled, threads: usize) -> String {
-    let seed = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/tailscale.yaml"
-    ))
-    .unwrap();
-    let out = seed
-        .replace("- port: 3000", "- port: 0\n  address: 127.0.0.1")
-        .replace("unix:/run/tailscale/tailscaled.sock", &fake.target())
-        .replace("cmd: npx", "cmd: node")
-        .replace(
-            "[\"@modelcontextprotocol/server-everything\"]",
-            &format!("[\"{}\"]", server_js()),
-        )
-        .replace(
-            "allowOrigins: [\"*\"]",
-            "allowOrigins: [\"https://app.example.com\"]",
-        );
-    assert!(
-        out.contains("- port: 0") && out.contains("cmd: node"),
-        "seed changed shape"
-    );
-    format!("config:\n  workerThreads: {threads}\n  mcp: {{stopGrace: 500ms}}\n{out}")
-}
-
 fn python_client(url: &str, src: &str, scenario: &str) -> Value {
     python_client_with(url, src, scenario, &[])
 }
@@ -77,7 +46,7 @@ fn start_alice() -> (FakeTailscaled, Proxy, String) {
             "alice@example.com",
         )
         .start();
-    let p = Proxy::start(&seed_config(&fake, 2), &[]);
+    let p = Proxy::start(&support::mcp::seed_config(&fake.target(), 2, ""), &[]);
     let url = format!("http://{}/mcp", p.addr());
     (fake, p, url)
 }

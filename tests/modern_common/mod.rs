@@ -10,7 +10,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::support::fake_tailscaled::FakeTailscaled;
-use crate::support::mcp::{server_js, ACCEPT};
+use crate::support::mcp::ACCEPT;
 use crate::support::*;
 
 pub const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
@@ -18,31 +18,9 @@ pub const ALICE: &str = "127.0.0.2";
 pub const BOB: &str = "127.0.0.3";
 pub const V: &str = "2026-07-28";
 
-/// The seed config (config/tailscale.yaml) with test-sized settings, as
-/// `e2e_mcp.rs` makes it, plus `mcp` settings.
+/// The seed config with test-sized settings, plus `mcp` settings.
 pub fn seed_config(fake: &FakeTailscaled, threads: usize, mcp: &str) -> String {
-    let seed = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/tailscale.yaml"
-    ))
-    .unwrap();
-    let out = seed
-        .replace("- port: 3000", "- port: 0\n  address: 127.0.0.1")
-        .replace("unix:/run/tailscale/tailscaled.sock", &fake.target())
-        .replace("cmd: npx", "cmd: node")
-        .replace(
-            "[\"@modelcontextprotocol/server-everything\"]",
-            &format!("[\"{}\"]", server_js()),
-        )
-        .replace(
-            "allowOrigins: [\"*\"]",
-            "allowOrigins: [\"https://app.example.com\"]",
-        );
-    assert!(
-        out.contains("- port: 0") && out.contains("cmd: node"),
-        "seed changed shape"
-    );
-    format!("config:\n  workerThreads: {threads}\n  mcp: {{stopGrace: 500ms, {mcp}}}\n{out}")
+    crate::support::mcp::seed_config(&fake.target(), threads, mcp)
 }
 
 pub fn start(threads: usize, mcp: &str) -> (FakeTailscaled, Proxy, String) {

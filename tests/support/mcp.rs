@@ -130,3 +130,37 @@ pub fn session_pid(p: &Proxy, sid: &str) -> u32 {
         .expect("session start logged");
     super::field(&line, "pid").unwrap().parse().unwrap()
 }
+
+/// The seed config (`config/tailscale.yaml`) with test-sized settings: node
+/// directly (not npx), the fake tailscaled at `whois` (its target), an
+/// ephemeral loopback port, `threads` workers, and `mcp` settings added to
+/// a 500 ms `stopGrace`.
+pub fn seed_config(whois: &str, threads: usize, mcp: &str) -> String {
+    let seed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/tailscale.yaml"
+    ))
+    .unwrap();
+    let out = seed
+        .replace("- port: 3000", "- port: 0\n  address: 127.0.0.1")
+        .replace("unix:/run/tailscale/tailscaled.sock", whois)
+        .replace("cmd: npx", "cmd: node")
+        .replace(
+            "[\"@modelcontextprotocol/server-everything\"]",
+            &format!("[\"{}\"]", server_js()),
+        )
+        .replace(
+            "allowOrigins: [\"*\"]",
+            "allowOrigins: [\"https://app.example.com\"]",
+        );
+    assert!(
+        out.contains("- port: 0") && out.contains("cmd: node"),
+        "seed changed shape"
+    );
+    let mcp = if mcp.is_empty() {
+        String::new()
+    } else {
+        format!(", {mcp}")
+    };
+    format!("config:\n  workerThreads: {threads}\n  mcp: {{stopGrace: 500ms{mcp}}}\n{out}")
+}
