@@ -279,23 +279,7 @@ fn server_requests_get_ids_naming_their_target_and_answers_go_back() {
         );
     }
     // Both children ask roots/list on the GET stream; their ids are told apart.
-    let mut get = send_from(
-        SRC,
-        &p,
-        format!(
-            "GET {PATH} HTTP/1.1\r\nHost: gw\r\nAccept: {ACCEPT}\r\nMcp-Session-Id: {sid}\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    let ok = wait_until(WAIT, || {
-        use std::io::Read;
-        if let Ok(n) = get.read(&mut buf) {
-            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-        seen.matches("roots/list").count() >= 2
-    });
+    let (ok, seen) = read_get_stream_until(&p, &sid, |s| s.matches("roots/list").count() >= 2);
     assert!(ok, "two roots/list requests expected: {seen}");
     let ids: Vec<String> = sse_json(&seen)
         .into_iter()
@@ -420,23 +404,8 @@ fn a_killed_child_leaves_the_lists_under_fail_open() {
         "the healthy target serves on"
     );
     // The client is told its lists changed (kept for its GET stream).
-    let mut get = send_from(
-        SRC,
-        &p,
-        format!(
-            "GET {PATH} HTTP/1.1\r\nHost: gw\r\nAccept: {ACCEPT}\r\nMcp-Session-Id: {sid}\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    let told = wait_until(WAIT, || {
-        use std::io::Read;
-        if let Ok(n) = get.read(&mut buf) {
-            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-        seen.contains("notifications/tools/list_changed")
-    });
+    let (told, seen) =
+        read_get_stream_until(&p, &sid, |s| s.contains("notifications/tools/list_changed"));
     assert!(told, "{seen}");
     assert_eq!(delete(&p, SRC, PATH, &sid).status, 200);
     let _ = std::fs::remove_dir_all(dir);
@@ -594,4 +563,27 @@ fn sdk_auto_mode_falls_back_to_a_session_for_several_targets() {
     assert_eq!(out["server"], "ringgate");
     assert_eq!(out["echo"], "Echo: hi everything");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Opens the session's GET stream and reads it until `done` holds for what
+/// arrived (bounded by `WAIT`); returns whether it did, and the text.
+fn read_get_stream_until(p: &Proxy, sid: &str, done: impl Fn(&str) -> bool) -> (bool, String) {
+    use std::io::Read;
+    let mut get = send_from(
+        SRC,
+        p,
+        format!(
+            "GET {PATH} HTTP/1.1\r\nHost: gw\r\nAccept: {ACCEPT}\r\nMcp-Session-Id: {sid}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let ok = wait_until(WAIT, || {
+        if let Ok(n) = get.read(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        done(&seen)
+    });
+    (ok, seen)
 }
