@@ -61,6 +61,16 @@ fn python_client(url: &str, src: &str, message: &str, a: u32) -> Value {
     })
 }
 
+/// Alice, on 127.0.0.2, granted `echo` and `get-sum`.
+fn alice() -> Node {
+    Node::user(
+        "127.0.0.2",
+        "alice-laptop.tail1234.ts.net.",
+        "alice@example.com",
+    )
+    .with_cap_map(r#"{"example.com/cap/mcp": [{"tools": ["echo", "get-sum"]}]}"#)
+}
+
 fn names(v: &Value) -> BTreeSet<String> {
     v.as_array()
         .unwrap_or_else(|| panic!("a list: {v}"))
@@ -108,14 +118,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 #[test]
 fn each_caller_sees_and_calls_exactly_its_grant() {
     let fake = FakeTailscaled::builder()
-        .node(
-            Node::user(
-                "127.0.0.2",
-                "alice-laptop.tail1234.ts.net.",
-                "alice@example.com",
-            )
-            .with_cap_map(r#"{"example.com/cap/mcp": [{"tools": ["echo", "get-sum"]}]}"#),
-        )
+        .node(alice())
         .node(
             Node::tagged("127.0.0.3", "ci-runner.tail1234.ts.net.", &["tag:ci"])
                 .with_cap_map(r#"{"example.com/cap/mcp": [{"tools": ["*"]}]}"#),
@@ -249,16 +252,7 @@ fn a_batch_holds_back_only_what_is_refused() {
     use serde_json::json;
     use support::mcp::{init_body, post};
 
-    let fake = FakeTailscaled::builder()
-        .node(
-            Node::user(
-                "127.0.0.2",
-                "alice-laptop.tail1234.ts.net.",
-                "alice@example.com",
-            )
-            .with_cap_map(r#"{"example.com/cap/mcp": [{"tools": ["echo", "get-sum"]}]}"#),
-        )
-        .start();
+    let fake = FakeTailscaled::builder().node(alice()).start();
     let tap = tempfile::tempdir().unwrap();
     let p = Proxy::start(&grants_config(&fake, tap.path()), &[]);
     // 2025-03-26 is the last revision with batches.
@@ -348,14 +342,7 @@ fn modern_request(
 #[test]
 fn modern_requests_are_authorized_like_session_ones() {
     let fake = FakeTailscaled::builder()
-        .node(
-            Node::user(
-                "127.0.0.2",
-                "alice-laptop.tail1234.ts.net.",
-                "alice@example.com",
-            )
-            .with_cap_map(r#"{"example.com/cap/mcp": [{"tools": ["echo", "get-sum"]}]}"#),
-        )
+        .node(alice())
         .user(
             "127.0.0.4",
             "bob-laptop.tail1234.ts.net.",
