@@ -114,9 +114,50 @@ impl AuthzState {
     }
 }
 
-/// Runs the check for one request.
-pub async fn check(state: &AuthzState, cfg: &ExtAuthz, vars: &Vars<'_>, stats: &Stats) -> Verdict {
-    let (answer, source) = lookup(state, cfg, vars, stats).await;
+/// A connection's copy of the last cached answer of a policy whose cache
+/// key reads only `source.*` ([`ExtAuthz::per_connection`]): every request
+/// on the connection has the same key, so the same answer until the cache's
+/// copy expires, without rendering the key or touching the LRU. Failures are
+/// never cached, so never kept here either.
+#[derive(Default)]
+pub struct ConnMemo {
+    /// The policy's id in its generation (a connection keeps its generation),
+    /// when the answer expires, and the answer.
+    slot: Option<(usize, Instant, Rc<Decision>)>,
+}
+
+impl ConnMemo {
+    fn get(&self, cfg: &ExtAuthz, now: Instant) -> Option<Rc<Decision>> {
+        match &self.slot {
+            Some((id, expires, d)) if *id == cfg.id && now < *expires => Some(d.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Runs the check for one request. `memo` is the connection's.
+pub async fn check(
+    state: &AuthzState,
+    cfg: &ExtAuthz,
+    vars: &Vars<'_>,
+    stats: &Stats,
+    memo: &mut ConnMemo,
+) -> Verdict {
+    let remembered = if cfg.per_connection {
+        memo.get(cfg, Instant::now())
+    } else {
+        None
+    };
+    let (answer, source) = match remembered {
+        Some(d) => (Ok(d), Source::Cache),
+        None => {
+            let (answer, source, expires) = lookup(state, cfg, vars, stats).await;
+            if let (true, Ok(d), Some(e)) = (cfg.per_connection, &answer, expires) {
+                memo.slot = Some((cfg.id, e, d.clone()));
+            }
+            (answer, source)
+        }
+    };
     let outcome = match &answer {
         Ok(d) if d.allowed => AuthzOutcome::Allowed,
         Ok(_) => AuthzOutcome::Denied,
@@ -221,7 +262,7 @@ async fn lookup(
     cfg: &ExtAuthz,
     vars: &Vars<'_>,
     stats: &Stats,
-) -> (Answer, Source) {
+) -> (Answer, Source, Option<Instant>) {
     // The key is rendered into a buffer the state keeps between requests.
     let mut key = state.key_buf.take();
     key.clear();
@@ -229,18 +270,20 @@ async fn lookup(
         Ok(()) => state.cache.lookup(&key, Instant::now()),
         Err(e) => {
             state.key_buf.set(key);
-            return (Err(e), Source::Lookup);
+            return (Err(e), Source::Lookup, None);
         }
     };
     let leader = match found {
-        Lookup::Hit(a) => {
+        Lookup::Hit(a, expires) => {
             state.key_buf.set(key);
-            return (a, Source::Cache);
+            return (a, Source::Cache, Some(expires));
         }
         Lookup::Wait(w) => {
             state.key_buf.set(key);
             let a = w.await.unwrap_or(Err(Failure::Abandoned));
-            return (a, Source::Shared);
+            // When the leader's copy expires is not known here; the next
+            // request's cache hit tells.
+            return (a, Source::Shared, None);
         }
         Lookup::Lead(l) => l,
     };
@@ -248,7 +291,7 @@ async fn lookup(
         Ok(r) => r,
         Err(e) => {
             leader.finish(Err(e.clone()), None, Instant::now());
-            return (Err(e), Source::Lookup);
+            return (Err(e), Source::Lookup, None);
         }
     };
     let started = Instant::now();
@@ -277,8 +320,10 @@ async fn lookup(
         Ok(_) => Some(cfg.cache.negative_ttl),
         Err(_) => None,
     };
-    leader.finish(answer.clone(), ttl, Instant::now());
-    (answer, Source::Lookup)
+    let now = Instant::now();
+    leader.finish(answer.clone(), ttl, now);
+    let expires = ttl.filter(|_| state.cache.enabled()).map(|t| now + t);
+    (answer, Source::Lookup, expires)
 }
 
 fn decide(cfg: &ExtAuthz, vars: &Vars, resp: &CheckResponse) -> Answer {
@@ -321,6 +366,9 @@ fn decide(cfg: &ExtAuthz, vars: &Vars, resp: &CheckResponse) -> Answer {
         metadata,
     }))
 }
+
+#[cfg(test)]
+mod memo_tests;
 
 #[cfg(test)]
 mod tests {

@@ -218,6 +218,9 @@ pub struct ExtAuthz {
     pub metadata: Vec<(String, Expr)>,
     /// Some expression reads `request.headers`, so they must be gathered.
     pub needs_headers: bool,
+    /// The cache key reads only `source.*`, which a connection cannot change:
+    /// a connection may keep its cached answer until that answer expires.
+    pub per_connection: bool,
     pub failure_mode: FailureMode,
     pub timeout: Duration,
     pub cache: AuthzCache,

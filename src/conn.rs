@@ -55,6 +55,7 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
     let mut out: Vec<u8> = Vec::with_capacity(OUT_BYTES);
     let mut reader = RequestReader::default();
     let peer_ip = peer.ip().to_string();
+    let mut memo = crate::auth::ConnMemo::default();
     // The first request must arrive within the header timeout of the accept;
     // later ones may idle up to the idle timeout before their first byte.
     let mut idle_deadline = Instant::now() + limits.header_read_timeout;
@@ -101,7 +102,7 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
         // 2. Route, CORS and extAuthz on the head alone.
         let admission = {
             let req = request(&buf, head, &[], peer, &peer_ip);
-            pipeline::admit(&ctx, &req).await
+            pipeline::admit(&ctx, &req, &mut memo).await
         };
         let admitted = match admission {
             Admission::Admitted(a) => a,

@@ -64,8 +64,12 @@ impl<'c> Admitted<'c> {
 }
 
 /// Runs the stages that need only the head: route, CORS, extAuthz. `req`
-/// has no body yet.
-pub async fn admit<'c>(ctx: &'c BindCtx, req: &Request<'_>) -> Admission<'c> {
+/// has no body yet; `memo` is its connection's (see [`auth::ConnMemo`]).
+pub async fn admit<'c>(
+    ctx: &'c BindCtx,
+    req: &Request<'_>,
+    memo: &mut auth::ConnMemo,
+) -> Admission<'c> {
     let mut out = Handled {
         resp: Response::text(404, "no route matches this request"),
         route: None,
@@ -112,7 +116,7 @@ pub async fn admit<'c>(ctx: &'c BindCtx, req: &Request<'_>) -> Admission<'c> {
         Vec::new()
     };
     let state = &ctx.gen.authz[cfg.id];
-    match auth::check(state, cfg, &req.vars(&headers), &ctx.worker.stats).await {
+    match auth::check(state, cfg, &req.vars(&headers), &ctx.worker.stats, memo).await {
         auth::Verdict::Allow(d, source) => {
             admitted.out.authz = d;
             admitted.out.authz_source = Some(source);

@@ -30,7 +30,8 @@ struct Flight<T> {
 }
 
 pub enum Lookup<T: Clone> {
-    Hit(T),
+    /// The value and when it expires.
+    Hit(T, Instant),
     /// Someone else is looking this key up; await their result. `None` means
     /// the leader gave up without one (treat as a failure, do not retry here).
     Wait(Wait<T>),
@@ -49,7 +50,7 @@ impl<T: Clone> Cache<T> {
     pub fn lookup(self: &Rc<Self>, key: &str, now: Instant) -> Lookup<T> {
         if let Some(lru) = self.lru.borrow_mut().as_mut() {
             match lru.get(key) {
-                Some((expires, v)) if *expires > now => return Lookup::Hit(v.clone()),
+                Some((expires, v)) if *expires > now => return Lookup::Hit(v.clone(), *expires),
                 Some(_) => {
                     lru.pop(key);
                 }
@@ -72,6 +73,11 @@ impl<T: Clone> Cache<T> {
             flight,
             done: false,
         })
+    }
+
+    /// Whether answers are kept at all (`maxEntries` above 0).
+    pub fn enabled(&self) -> bool {
+        self.lru.borrow().is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -167,7 +173,7 @@ mod tests {
         lead(&c, "k", t0).finish(1, Some(Duration::from_secs(30)), t0);
         assert!(matches!(
             c.lookup("k", t0 + Duration::from_secs(29)),
-            Lookup::Hit(1)
+            Lookup::Hit(1, e) if e == t0 + Duration::from_secs(30)
         ));
         lead(&c, "k", t0 + Duration::from_secs(30));
     }
@@ -230,7 +236,7 @@ mod tests {
         let t0 = Instant::now();
         let (a, b, cl) = (lead(&c, "a", t0), lead(&c, "b", t0), lead(&c, "c", t0));
         b.finish(2, Some(Duration::from_secs(1)), t0);
-        assert!(matches!(c.lookup("b", t0), Lookup::Hit(2)));
+        assert!(matches!(c.lookup("b", t0), Lookup::Hit(2, _)));
         assert!(matches!(c.lookup("a", t0), Lookup::Wait(_)));
         assert!(matches!(c.lookup("c", t0), Lookup::Wait(_)));
         assert_eq!(c.inflight.borrow().len(), 2);

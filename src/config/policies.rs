@@ -174,6 +174,12 @@ pub fn ext_authz(node: Node, errs: &mut ConfigErrors) -> Option<ExtAuthz> {
         .chain(metadata.iter().map(|(_, e)| e))
         .chain(cache_cfg.key.iter())
         .any(|e| e.source().contains("headers"));
+    let per_connection = match &cache_cfg.key {
+        Some(k) => k.reads_only(&["source"]),
+        None => std::iter::once(&path)
+            .chain(add_request_headers.iter().map(|(_, e)| e))
+            .all(|e| e.reads_only(&["source"])),
+    };
     Some(ExtAuthz {
         id: 0,
         host: host?,
@@ -181,6 +187,7 @@ pub fn ext_authz(node: Node, errs: &mut ConfigErrors) -> Option<ExtAuthz> {
         add_request_headers,
         metadata,
         needs_headers,
+        per_connection,
         failure_mode,
         timeout,
         cache: cache_cfg,

@@ -28,6 +28,8 @@ pub(super) struct Compiled {
     extauthz_key: Option<String>,
     /// Every `K` the expression reads as `extauthz.K` (not under `has()`).
     extauthz_reads: Vec<String>,
+    /// The top-level variables the expression reads (`source`, `request`...).
+    variables: Vec<String>,
 }
 
 /// Fields each structured variable has. `extauthz` is absent: its keys are the
@@ -71,12 +73,14 @@ impl Expr {
             program: &program,
             errors: Vec::new(),
             extauthz_reads: Vec::new(),
+            variables: Vec::new(),
         };
         check.walk(program.expression());
         if !check.errors.is_empty() {
             return Err(CompileError::References(check.errors));
         }
         let extauthz_reads = check.extauthz_reads;
+        let variables = check.variables;
         let fast = fast_path(program.expression());
         let extauthz_key = match &program.expression().expr {
             Node::Select(s) if !s.test => match &s.operand.expr {
@@ -92,6 +96,7 @@ impl Expr {
                 fast,
                 extauthz_key,
                 extauthz_reads,
+                variables,
             }),
         })
     }
@@ -111,6 +116,15 @@ impl Expr {
     /// config can check them against the keys its extAuthz policy defines.
     pub fn extauthz_reads(&self) -> &[String] {
         &self.inner.extauthz_reads
+    }
+
+    /// Whether every variable the expression reads is one of `vars`: with
+    /// `["source"]`, its value cannot change on a connection.
+    pub fn reads_only(&self, vars: &[&str]) -> bool {
+        self.inner
+            .variables
+            .iter()
+            .all(|v| vars.contains(&v.as_str()))
     }
 
     /// Whether evaluation bypasses the interpreter.
@@ -155,6 +169,7 @@ struct RefCheck<'c> {
     program: &'c Program,
     errors: Vec<ReferenceError>,
     extauthz_reads: Vec<String>,
+    variables: Vec<String>,
 }
 
 impl<'c> RefCheck<'c> {
@@ -221,6 +236,12 @@ impl<'c> RefCheck<'c> {
 
     fn ident(&mut self, id: u64, name: &str) {
         // `@`-names are the accumulators the macros generate.
+        if !self.bound.contains(&name)
+            && self.allowed.contains(&name)
+            && !self.variables.iter().any(|v| v == name)
+        {
+            self.variables.push(name.to_owned());
+        }
         if name.starts_with('@') || self.is_variable(name) || ENV.with(|env| is_type(env, name)) {
             return;
         }

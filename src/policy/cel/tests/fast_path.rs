@@ -126,3 +126,21 @@ fn timing() {
     println!("serde_json::Value parse + index: {tree:8.1} ns (reference)");
     println!("request.method == 'POST':        {filter:8.1} ns/eval");
 }
+
+/// Which variables an expression reads decides whether its value can change
+/// on a connection (`source.*` cannot).
+#[test]
+fn reads_only_names_the_variables_read() {
+    let vars = ["source", "request", "extauthz"];
+    let c = |src: &str| Expr::compile(src, &vars).unwrap();
+    assert!(c(SEED_PATH).reads_only(&["source"]));
+    assert!(c(SEED_AUTHORITY).reads_only(&["source"]));
+    assert!(c("'constant'").reads_only(&["source"]));
+    assert!(!c("source.address + request.path").reads_only(&["source"]));
+    assert!(!c("request.headers['x'] == 'y'").reads_only(&["source"]));
+    assert!(c("request.headers['x'] == 'y'").reads_only(&["request"]));
+    assert!(!c("has(extauthz.k)").reads_only(&["source"]));
+    // A comprehension's own variable is not one of the key's.
+    assert!(c("[source.address].exists(request, request == '1')").reads_only(&["source"]));
+    assert!(!c("[1].exists(x, request.path == '/')").reads_only(&["source"]));
+}
