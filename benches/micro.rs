@@ -358,7 +358,7 @@ fn authz_cache(c: &mut Criterion) {
     let key = key_for(ip);
     let now = t0 + Duration::from_secs(1);
     let hit = |key: &str| match cache.lookup(key, now) {
-        Lookup::Hit(d) => d,
+        Lookup::Hit(d, _) => d,
         _ => panic!("expected a cache hit for {key}"),
     };
     assert_eq!(hit(&key).1[0].1, Value::String(ip.into()));
