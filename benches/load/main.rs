@@ -17,7 +17,8 @@
 //!    N (and 1) stateless 2026-07-28 clients over the shared children
 //!    ([`client::modern`]), against the same calls written straight to children's
 //!    stdio;
-//! 4. session set-up: `initialize` with a warm pool versus a cold `npx`.
+//! 4. session set-up: `initialize` with a warm pool versus a cold `npx`;
+//! 5. memory: RSS after a 12 MiB body and a 9 MiB MCP echo ([`memory`]).
 //!
 //! The targets compared with each other (0, 1, 2; 3 and its ceiling) are
 //! measured in alternating rounds (see [`client::rounds`]): on a machine
@@ -28,7 +29,7 @@
 //! over `--rounds N`, default 4), `--warmup S` (first ramp of HTTP targets,
 //! 1), `--mcp-warmup S` (of MCP targets, 3), `--conns N` (64),
 //! `--sessions N` (4), `--workers 1,2`, `--init-runs N` (8 warm, half as
-//! many cold), `--only reject,allow,conn,log,mcp,init`, `--quick` (2 s per
+//! many cold), `--only reject,allow,conn,log,mcp,init,mem`, `--quick` (2 s per
 //! target, shorter ramps, 4 initialize runs), `--compare PATH` (another
 //! ringgate build, e.g. a branch's, measured in the same rounds as this
 //! one for scenarios 1 to 3, rows marked `[file name]`; repeatable).
@@ -37,10 +38,11 @@ mod baseline;
 mod client;
 #[path = "../../tests/support/fake_tailscaled.rs"]
 mod fake_tailscaled;
+mod memory;
 mod procs;
+mod report;
 
 use std::cell::Cell;
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -366,11 +368,29 @@ fn main() {
         warm = measure_initialize(&whois, true, "npx", &npx_args, o.init_runs);
         cold = measure_initialize(&whois, false, "npx", &npx_args, o.init_runs.div_ceil(2));
     }
+    let mut payloads = Vec::new();
+    if o.runs("mem") {
+        for &w in &o.workers {
+            let js = server_js().display().to_string();
+            let yaml = memory::yaml(&ringgate_yaml(&whois, 1, "node", &[js]));
+            let mut rg = Server::ringgate(BIN, &yaml, w, rust_log(false));
+            let p = memory::after_payloads(&rg, ip(ALLOWED_IP), w)
+                .unwrap_or_else(|e| panic!("memory scenario: {e}"));
+            eprintln!(
+                "load: memory w={w}: idle {} KiB, peak {} KiB, after {} KiB, back in {:?}",
+                p.idle_kib, p.peak_kib, p.after_kib, p.back_after
+            );
+            payloads.push(p);
+            rg.assert_running();
+            rg.stop();
+        }
+    }
     drop(fake);
 
+    let took = started.elapsed();
     println!(
         "{}",
-        report(&o, &rows, &idle_rss, &warm, &cold, started.elapsed())
+        report::report(&o, &rows, &idle_rss, &warm, &cold, &payloads, took)
     );
     let errors: u64 = rows.iter().map(|r| r.m.errors).sum();
     if errors > 0 {
@@ -751,251 +771,4 @@ fn measure_initialize(
             .collect::<Vec<_>>()
     );
     times
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    if s.is_empty() {
-        f64::NAN
-    } else {
-        s[s.len() / 2]
-    }
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
-/// CPU seconds per 10k requests.
-fn per_10k(cpu: Option<f64>, count: u64) -> String {
-    match cpu {
-        Some(c) if count > 0 => format!("{:.3}", c / count as f64 * 10_000.0),
-        _ => "-".into(),
-    }
-}
-
-fn report(
-    o: &Opts,
-    rows: &[Row],
-    idle_rss: &[(usize, u64)],
-    warm: &[f64],
-    cold: &[f64],
-    took: Duration,
-) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "\nringgate load benchmark on loopback: {:.1} s measured per target in {} alternating rounds \
-         (first ramp {:.1} s, MCP {:.1} s); {} keep-alive connections for scenarios 0-2, \
-         closed loop; generator: one monoio thread in the bench process; {:.0} s in all\n",
-        o.duration.as_secs_f64(),
-        o.rounds,
-        o.warmup.as_secs_f64(),
-        o.mcp_warmup.as_secs_f64(),
-        o.conns,
-        took.as_secs_f64()
-    );
-    let _ = writeln!(
-        s,
-        "| scenario | w | conc | req/s | vs ceiling | p50 us | p99 us | server CPU s/10k | children CPU s/10k | gen CPU s/10k | peak RSS MiB |"
-    );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
-    for r in rows {
-        let ratio = match (r.ratio(), r.added_p50_us()) {
-            (Some(x), Some(add)) => format!("{x:.2} (p50 {add:+.0} us)"),
-            (Some(x), None) => format!("{x:.2}"),
-            _ => "-".into(),
-        };
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {:.0} | {} | {:.1} | {:.1} | {} | {} | {} | {} |{}",
-            r.scenario,
-            r.workers,
-            r.conc,
-            r.m.rps(),
-            ratio,
-            r.m.quantile_us(0.5),
-            r.m.quantile_us(0.99),
-            per_10k(r.server_cpu, r.m.count),
-            per_10k(r.peer_cpu, r.m.count),
-            per_10k(Some(r.gen_cpu), r.m.count),
-            r.peak_rss_kib
-                .map_or("-".into(), |k| format!("{:.1}", mib(k))),
-            if r.m.errors > 0 {
-                format!(" ERRORS: {} ({:?})", r.m.errors, r.m.first_error)
-            } else {
-                String::new()
-            }
-        );
-    }
-    let (wm, cm) = (median(warm), median(cold));
-    if !warm.is_empty() {
-        let _ = writeln!(
-            s,
-            "\n| 4 initialize (npx, 1 worker) | runs | p50 ms | min ms | max ms |\n|---|---|---|---|---|"
-        );
-        for (name, v) in [
-            ("warm pool (minIdle 1)", warm),
-            ("cold spawn (minIdle 0)", cold),
-        ] {
-            let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
-            let max = v.iter().cloned().fold(0.0, f64::max);
-            let _ = writeln!(
-                s,
-                "| {name} | {} | {:.1} | {:.1} | {:.1} |",
-                v.len(),
-                median(v),
-                min,
-                max
-            );
-        }
-    }
-    let idle: Vec<String> = idle_rss
-        .iter()
-        .map(|(w, k)| format!("{:.1} MiB with {w} worker(s)", mib(*k)))
-        .collect();
-    let _ = writeln!(
-        s,
-        "\nringgate idle RSS (warm pool filled, children not counted): {}",
-        idle.join(", ")
-    );
-
-    // Targets.
-    let mut t = Vec::new();
-    let mut check = |name: String, ok: bool, detail: String| {
-        t.push(format!(
-            "- {} {name}: {detail}",
-            if ok { "MET   " } else { "MISSED" }
-        ));
-    };
-    for r in rows.iter().filter(|r| !r.scenario.contains(" [")) {
-        let w = r.workers;
-        if let Some(x) = r.ratio() {
-            if r.scenario.starts_with("1 ") {
-                check(
-                    format!("reject >= 0.95 of ceiling (w={w})"),
-                    x >= 0.95,
-                    gap(x, 0.95),
-                );
-                if let Some(n) = r.nginx {
-                    let y = r.m.rps() / n;
-                    check(
-                        format!("reject >= 1.0x nginx's fixed 403 (w={w})"),
-                        y >= 1.0,
-                        gap(y, 1.0),
-                    );
-                }
-            } else if r.scenario == "2 allow (directResponse)" {
-                check(
-                    format!("allow >= 0.80 of ceiling (w={w})"),
-                    x >= 0.80,
-                    gap(x, 0.80),
-                );
-            } else if r.scenario.starts_with("3 ") {
-                let add = r.added_p50_us().unwrap_or(f64::NAN);
-                // Session rows and 2026-07-28 rows (shared children) apart.
-                let sess = if r.scenario.contains("modern") {
-                    "modern clients"
-                } else {
-                    "sess"
-                };
-                if r.conc == 1 {
-                    check(
-                        format!("MCP proxy-added p50 < 50 us (1 {sess}, w={w})"),
-                        add < 50.0,
-                        format!("{add:+.0} us"),
-                    );
-                }
-                check(
-                    format!(
-                        "MCP throughput >= 0.80 of direct ({} {sess}, w={w})",
-                        r.conc
-                    ),
-                    x >= 0.80,
-                    gap(x, 0.80),
-                );
-                // CPU per forwarded call: ringgate's, and the children's
-                // against the same children driven directly.
-                let per_call_us = |cpu: Option<f64>, m: &client::Measured| {
-                    cpu.map(|c| c / m.count.max(1) as f64 * 1e6)
-                };
-                if let Some(us) = per_call_us(r.server_cpu, &r.m) {
-                    check(
-                        format!("ringgate CPU per call <= 30 us ({} {sess}, w={w})", r.conc),
-                        us <= 30.0,
-                        format!("{us:.1} us"),
-                    );
-                }
-                let direct = rows.iter().find(|d| {
-                    d.workers == w && d.conc == r.conc && d.scenario.starts_with("3 ceiling")
-                });
-                if let (Some(mine), Some(theirs)) = (
-                    per_call_us(r.peer_cpu, &r.m),
-                    direct.and_then(|d| per_call_us(d.peer_cpu, &d.m)),
-                ) {
-                    let y = mine / theirs;
-                    check(
-                        format!(
-                            "children CPU per call <= 1.2x direct ({} {sess}, w={w})",
-                            r.conc
-                        ),
-                        y <= 1.2,
-                        format!("{y:.2}x ({mine:.1} vs {theirs:.1} us)"),
-                    );
-                }
-            }
-        }
-    }
-    // The access log's cost: the allow path with it on against off.
-    for w in rows
-        .iter()
-        .map(|r| r.workers)
-        .collect::<std::collections::BTreeSet<_>>()
-    {
-        let find = |name: &str| {
-            rows.iter()
-                .find(|r| r.workers == w && r.scenario == name)
-                .map(|r| r.m.rps())
-        };
-        if let (Some(on), Some(off)) = (
-            find("2 allow, access log on"),
-            find("2 allow (directResponse)"),
-        ) {
-            let y = on / off;
-            check(
-                format!("allow with the access log >= 0.90 of without (w={w})"),
-                y >= 0.90,
-                gap(y, 0.90),
-            );
-        }
-    }
-    if !warm.is_empty() {
-        check(
-            "initialize warm p50 >= 10x lower than cold npx".into(),
-            cm / wm >= 10.0,
-            format!("{wm:.1} ms vs {cm:.1} ms = {:.1}x", cm / wm),
-        );
-    }
-    for (w, k) in idle_rss {
-        check(
-            format!("idle RSS < 20 MiB (w={w})"),
-            mib(*k) < 20.0,
-            format!("{:.1} MiB", mib(*k)),
-        );
-    }
-    let _ = writeln!(s, "\nTargets:\n{}", t.join("\n"));
-    s
-}
-
-fn gap(x: f64, target: f64) -> String {
-    if x >= target {
-        format!("{x:.2}")
-    } else {
-        format!(
-            "{x:.2}, short by {:.2} ({:.0}% below target)",
-            target - x,
-            (1.0 - x / target) * 100.0
-        )
-    }
 }
