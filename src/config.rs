@@ -294,6 +294,9 @@ pub struct McpBackend {
     pub targets: Vec<McpTarget>,
     pub prefix_mode: PrefixMode,
     pub failure_mode: TargetFailureMode,
+    /// YAML path of its `targets` list, for errors found after compiling
+    /// (the `prefixMode: never` probe, `mcp::probe`).
+    pub targets_path: String,
 }
 
 /// `mcp.targets[]`: one stdio MCP server.

@@ -6,7 +6,9 @@
 //!   process exits 0. A second one exits at once.
 //! - SIGHUP: the config file is loaded and compiled on the signal thread, off
 //!   the hot path; a valid one is handed to every worker for new connections,
-//!   an invalid one is logged, error by error, and the old one stays.
+//!   an invalid one is logged, error by error, and the old one stays. The
+//!   `prefixMode: never` probe (`mcp::probe`) runs here too, before the new
+//!   config replaces the old one.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -144,6 +146,14 @@ fn reload(path: &Path, current: &Config, workers: usize) -> Option<Arc<Config>> 
     }
     if let Err(e) = new.check_capacity(workers) {
         error!(problem = %e, "reload refused: keeping the running config");
+        return None;
+    }
+    // Starts the targets of `prefixMode: never` backends once; signals wait
+    // meanwhile (at most config.mcp.requestTimeout plus the children's stop).
+    if let Err(errs) = crate::mcp::probe::check(&new) {
+        for e in &errs.0 {
+            error!(problem = %e, "reload refused: the config has problems; keeping the running one");
+        }
         return None;
     }
     crate::logging::set_level(new.logging.level.as_deref());

@@ -9,8 +9,9 @@ use clap::Parser;
 use tracing::{error, info, warn};
 
 use ringgate::admin::{self, AdminState};
-use ringgate::config::{Config, IoDriver};
+use ringgate::config::{Config, ConfigErrors, IoDriver};
 use ringgate::lifecycle;
+use ringgate::mcp::probe;
 use ringgate::worker::{self, Plumbing, RunOptions};
 
 /// Edge proxy that puts stdio MCP servers on a tailnet, identifying every
@@ -57,19 +58,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut config = match Config::from_file(&cli.file) {
         Ok(c) => c,
-        Err(errs) => {
-            eprintln!(
-                "ringgate: {} problem(s) in {}:",
-                errs.0.len(),
-                cli.file.display()
-            );
-            for e in &errs.0 {
-                eprintln!("  {e}");
-            }
-            return ExitCode::from(2);
-        }
+        Err(errs) => return refuse(&cli.file, &errs),
     };
     if cli.validate_only {
+        // The same names check as at start-up, or a config that validates
+        // could still be refused when started.
+        if let Err(errs) = probe::check(&config) {
+            return refuse(&cli.file, &errs);
+        }
         println!("{}: configuration is valid", cli.file.display());
         return ExitCode::SUCCESS;
     }
@@ -105,6 +101,13 @@ fn main() -> ExitCode {
         error!(problem = %e, "configuration refused");
         eprintln!("ringgate: {e}");
         return ExitCode::from(2);
+    }
+    // Before anything is bound: a clash refuses the config (see mcp/probe.rs).
+    if let Err(errs) = probe::check(&config) {
+        for e in &errs.0 {
+            error!(problem = %e, "configuration refused");
+        }
+        return refuse(&cli.file, &errs);
     }
     let opts = RunOptions {
         threads,
@@ -149,6 +152,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints every problem of a refused config; the config-error exit code.
+fn refuse(file: &std::path::Path, errs: &ConfigErrors) -> ExitCode {
+    eprintln!(
+        "ringgate: {} problem(s) in {}:",
+        errs.0.len(),
+        file.display()
+    );
+    for e in &errs.0 {
+        eprintln!("  {e}");
+    }
+    ExitCode::from(2)
 }
 
 /// A panic on any thread ends the process at once with [`PANIC_EXIT`]: a

@@ -25,6 +25,7 @@
 //! - [`session`]: one session's routing of child output
 //! - [`modern`], [`shared`]: 2026-07-28 requests over shared children
 //! - [`sse`]: event encoding
+//! - [`probe`]: the `prefixMode: never` name check before a config is used
 
 pub mod authz;
 pub mod endpoint;
@@ -35,6 +36,7 @@ pub mod modern;
 pub mod multiplex;
 pub mod multiplex_session;
 mod multiplex_worker;
+pub mod probe;
 pub mod session;
 mod session_id;
 pub mod shared;

@@ -411,47 +411,59 @@ fn a_killed_child_leaves_the_lists_under_fail_open() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `prefixMode: never` routes by plain name, so the targets' names must not
+/// clash; ringgate starts each target once before a config is used and
+/// refuses a clash like any bad config: at start-up (exit 2, naming the key
+/// and the name), and on reload (the running config stays).
 #[test]
-fn prefix_mode_never_routes_by_name_and_refuses_a_clash() {
+fn prefix_mode_never_refuses_a_clash_at_load_and_routes_by_name() {
+    let js = server_js();
+    let clash = config(
+        &[target("a", &js, ""), target("b", &js, "")],
+        "prefixMode: never, ",
+    );
+    let at = "binds[0].listeners[0].routes[0].backends[0].mcp.targets: ";
+    let named = format!(r#"{at}tool "echo" is offered by targets "a" and "b""#);
+    let (code, stderr) = run_to_exit(&clash);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains(&named), "{stderr}");
+
+    // server-everything and server-memory share no name: served, by name.
     let dir = temp_dir("never");
     let p = Proxy::start(
         &config(&everything_and_memory(&dir), "prefixMode: never, "),
         &[],
     );
-    let out = sdk(&format!("http://{}{PATH}", p.addr()), "never");
-    assert_eq!(out["ok"], true, "{out:#}");
-    let tools: Vec<&str> = out["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
-    assert!(
-        tools.contains(&"echo") && tools.contains(&"read_graph"),
-        "{tools:?}"
-    );
-    assert_eq!(out["echo"], "Echo: unprefixed");
-    assert_eq!(out["read_graph"]["is_error"], false, "{out:#}");
-    drop(p);
+    p.wait_log(|l| l.contains("prefixMode never: starting each target once"))
+        .expect("the targets were probed at start-up");
+    let never_scenario = |p: &Proxy| {
+        let out = sdk(&format!("http://{}{PATH}", p.addr()), "never");
+        assert_eq!(out["ok"], true, "{out:#}");
+        let tools: Vec<&str> = out["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        assert!(
+            tools.contains(&"echo") && tools.contains(&"read_graph"),
+            "{tools:?}"
+        );
+        assert_eq!(out["echo"], "Echo: unprefixed");
+        assert_eq!(out["read_graph"]["is_error"], false, "{out:#}");
+    };
+    never_scenario(&p);
 
-    // Two servers offering the same names: refused, naming both targets.
-    let js = server_js();
-    let y = config(
-        &[target("a", &js, ""), target("b", &js, "")],
-        "prefixMode: never, ",
-    );
-    let p = Proxy::start(&y, &[]);
-    let r = post(&p, SRC, PATH, None, &init_body("2025-06-18"));
-    let e = r.events().into_iter().next().expect("an answer");
-    let msg = e["error"]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{e}"));
-    assert!(msg.contains("served by targets a and b"), "{msg}");
-    if let Some(sid) = r.header("mcp-session-id") {
-        let body = json!({"jsonrpc":"2.0","id":2,"method":"tools/list"});
-        let r = post(&p, SRC, PATH, Some(sid), &body);
-        assert_eq!(r.status, 404, "the refused session is gone: {}", r.text());
-    }
+    // A reload to the clashing config is refused; the running one serves on.
+    p.rewrite_config(&clash);
+    p.signal(libc::SIGHUP);
+    let refused = p
+        .wait_log(|l| l.contains("reload refused") && l.contains("offered by targets"))
+        .unwrap_or_else(|| panic!("reload not refused: {:#?}", p.logs()));
+    assert!(refused.contains(&named), "{refused}");
+    assert!(!p.logs().iter().any(|l| l.contains("config reloaded")));
+    never_scenario(&p);
+    drop(p);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -586,4 +598,33 @@ fn read_get_stream_until(p: &Proxy, sid: &str, done: impl Fn(&str) -> bool) -> (
         done(&seen)
     });
     (ok, seen)
+}
+
+/// Runs ringgate on `yaml` until it exits by itself (bounded: a hang fails
+/// the test); its exit code and stderr.
+fn run_to_exit(yaml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, err) = (dir.path().join("config.yaml"), dir.path().join("stderr"));
+    std::fs::write(&path, yaml).unwrap();
+    let mut child = Command::new(binary())
+        .arg("-f")
+        .arg(&path)
+        .args(["--stats-addr", "off", "--readiness-addr", "off"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("start ringgate");
+    let mut status = None;
+    let exited = wait_until(WAIT * 6, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    assert!(exited, "ringgate did not exit: {stderr}");
+    (status.and_then(|s| s.code()), stderr)
 }

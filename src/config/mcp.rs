@@ -81,6 +81,7 @@ fn mcp_backend(m: &Map, errs: &mut ConfigErrors) -> Option<McpBackend> {
         targets,
         prefix_mode,
         failure_mode,
+        targets_path: p,
     })
 }
 
