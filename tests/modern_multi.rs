@@ -619,3 +619,119 @@ fn listen_subscribes_each_target_and_renames_its_updates() {
     drop(r);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn mrtr_request_state_is_bound_to_its_target() {
+    let js = server_js();
+    let twins = [
+        target("a", "node", &[&js], ""),
+        target("b", "node", &[&js], ""),
+    ];
+    let p = Proxy::start(&config(&[route("twins", "/mcp", "", &twins, "")]), &[]);
+    let body = |id: &str, tool: &str, retry: Option<(&str, &str)>| {
+        let extra = retry.map_or(String::new(), |(state, responses)| {
+            format!(r#""requestState":"{state}","inputResponses":{responses},"#)
+        });
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}},{extra}"_meta":{{"io.modelcontextprotocol/protocolVersion":"{V}","io.modelcontextprotocol/clientCapabilities":{{"elicitation":{{}}}}}}}}}}"#
+        )
+    };
+    let (ta, tb) = (
+        "a_trigger-elicitation-request",
+        "b_trigger-elicitation-request",
+    );
+    let mut r = raw_post(&p, &hdrs("tools/call", Some(ta)), &body("1", ta, None));
+    assert_eq!(head(&mut r).0, 200);
+    let ev = next_event(&mut r).expect("an answer");
+    assert_eq!(ev["result"]["resultType"], "input_required", "{ev}");
+    assert_eq!(
+        ev["result"]["inputRequests"]["input"]["method"],
+        "elicitation/create"
+    );
+    let state = ev["result"]["requestState"].as_str().unwrap().to_string();
+    let answer = r#"{"input":{"action":"accept","content":{"name":"Grace Hopper"}}}"#;
+    // The same tool of the other target: another request.
+    let mut r = raw_post(
+        &p,
+        &hdrs("tools/call", Some(tb)),
+        &body("2", tb, Some((&state, answer))),
+    );
+    assert_eq!(head(&mut r).0, 400);
+    let e = next_json(&mut r);
+    assert_eq!(e["error"]["code"], -32602, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("another request"),
+        "{e}"
+    );
+    // The rightful retry reaches target a's waiting call.
+    let mut r = raw_post(
+        &p,
+        &hdrs("tools/call", Some(ta)),
+        &body("3", ta, Some((&state, answer))),
+    );
+    assert_eq!(head(&mut r).0, 200);
+    let ev = next_event(&mut r).expect("the final answer");
+    assert_eq!(ev["id"], 3, "{ev}");
+    assert_eq!(ev["result"]["resultType"], "complete", "{ev}");
+    assert!(ev.to_string().contains("Grace Hopper"), "{ev}");
+    let line = p
+        .wait_log(|l| l.contains("gen_ai.tool.name=a_trigger-elicitation-request"))
+        .unwrap();
+    assert!(line.contains("mcp.target=a"), "{line}");
+}
+
+/// The rest of a response as one JSON value.
+fn next_json(r: &mut std::io::BufReader<std::net::TcpStream>) -> Value {
+    let mut body = String::new();
+    r.read_to_string(&mut body).unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn prefix_mode_never_routes_modern_calls_by_looking_the_name_up() {
+    let dir = temp_dir("never");
+    let targets = [everything(), memory(&dir)];
+    let p = Proxy::start(
+        &config(&[route("never", "/mcp", "prefixMode: never, ", &targets, "")]),
+        &[],
+    );
+    let tools = names(&answer(&p, "/mcp", "tools/list", "", None), "tools", "name");
+    assert!(tools.contains(&"echo".to_string()) && tools.contains(&"read_graph".to_string()));
+    let echo = answer(
+        &p,
+        "/mcp",
+        "tools/call",
+        r#""name":"echo","arguments":{"message":"plain"}"#,
+        Some("echo"),
+    );
+    assert_eq!(
+        echo["result"]["content"][0]["text"], "Echo: plain",
+        "{echo}"
+    );
+    let graph = answer(
+        &p,
+        "/mcp",
+        "tools/call",
+        r#""name":"read_graph","arguments":{}"#,
+        Some("read_graph"),
+    );
+    assert!(graph["result"]["content"][0]["text"].is_string(), "{graph}");
+    for (tool, t) in [("echo", "everything"), ("read_graph", "memory")] {
+        let line = p
+            .wait_log(|l| l.contains(&format!("gen_ai.tool.name={tool} ")))
+            .expect("logged");
+        assert!(line.contains(&format!("mcp.target={t}")), "{line}");
+    }
+    let none = answer(
+        &p,
+        "/mcp",
+        "tools/call",
+        r#""name":"nosuch","arguments":{}"#,
+        Some("nosuch"),
+    );
+    assert_eq!(none["error"]["code"], -32602, "{none}");
+    let _ = std::fs::remove_dir_all(dir);
+}
