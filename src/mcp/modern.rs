@@ -28,6 +28,8 @@
 //! - [`envelope`]: the members of a request ringgate reads
 //! - [`checks`]: header and version checks
 //! - [`splice`]: id, progress token and result field splicing
+//! - [`multi`]: a route with several targets (names, merged lists and
+//!   `server/discover`, one listen stream over every target)
 
 pub mod checks;
 pub mod envelope;
