@@ -552,11 +552,11 @@ fn prefix_mode_always_prefixes_a_single_target() {
 }
 
 #[test]
-fn sdk_auto_mode_falls_back_to_a_session_for_several_targets() {
+fn sdk_auto_mode_stays_modern_for_several_targets() {
     let dir = temp_dir("auto");
     let p = Proxy::start(&config(&everything_and_memory(&dir), ""), &[]);
     let url = format!("http://{}{PATH}", p.addr());
-    // A 2026-07-28 request is refused with the versions to use instead.
+    // The SDK's server/discover probe is answered: the targets, merged.
     let body = json!({"jsonrpc":"2.0","id":1,"method":"server/discover","params":{"_meta":{
         "io.modelcontextprotocol/protocolVersion":"2026-07-28",
         "io.modelcontextprotocol/clientCapabilities":{}}}});
@@ -565,15 +565,29 @@ fn sdk_auto_mode_falls_back_to_a_session_for_several_targets() {
         "Content-Type: application/json\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Method: server/discover\r\n",
     );
     let r = request_from(SRC, p.addr(), &raw);
-    assert_eq!(r.status, 400, "{}", r.text());
-    let e: Value = serde_json::from_str(&r.text()).unwrap();
-    assert_eq!(e["error"]["code"], -32022, "{e}");
-    assert_eq!(e["error"]["data"]["supported"][0], "2024-11-05", "{e}");
-    // The SDK's auto mode then initializes a session and is served.
+    assert_eq!(r.status, 200, "{}", r.text());
+    let d: Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(
+        d["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "ringgate",
+        "{d}"
+    );
+    // So auto mode settles on 2026-07-28, and every step is served.
     let out = sdk_mode(&url, "two-servers", "auto");
     assert_eq!(out["ok"], true, "{out:#}");
-    assert_eq!(out["server"], "ringgate");
+    assert_eq!(out["protocol_version"], "2026-07-28", "{out:#}");
     assert_eq!(out["echo"], "Echo: hi everything");
+    assert!(
+        out["read_back"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("multiplexes"),
+        "{out:#}"
+    );
+    // No session was initialized.
+    assert!(!p
+        .logs()
+        .iter()
+        .any(|l| l.contains("session target started")));
     let _ = std::fs::remove_dir_all(dir);
 }
 

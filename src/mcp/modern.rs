@@ -28,9 +28,12 @@
 //! - [`envelope`]: the members of a request ringgate reads
 //! - [`checks`]: header and version checks
 //! - [`splice`]: id, progress token and result field splicing
+//! - [`multi`]: a route with several targets (names, merged lists and
+//!   `server/discover`, one listen stream over every target)
 
 pub mod checks;
 pub mod envelope;
+pub mod multi;
 pub mod splice;
 pub mod state;
 
@@ -54,11 +57,11 @@ const NOT_SERVED: &[&str] = &[
 ];
 
 /// The requests a server may answer with an `InputRequiredResult`.
-const MRTR: &[&str] = &["tools/call", "prompts/get", "resources/read"];
+pub(crate) const MRTR: &[&str] = &["tools/call", "prompts/get", "resources/read"];
 
 /// Results clients may cache: they get `ttlMs` and `cacheScope`. The scope
 /// is `private`: what a caller may see can depend on who calls.
-const CACHEABLE: &[&str] = &[
+pub(crate) const CACHEABLE: &[&str] = &[
     "tools/list",
     "prompts/list",
     "resources/list",
@@ -88,7 +91,13 @@ pub fn not_allowed() -> Response {
 }
 
 /// A JSON-RPC error answer with an HTTP status.
-fn error(status: u16, id: Option<&str>, code: i64, message: &str, data: Option<&str>) -> Response {
+pub(crate) fn error(
+    status: u16,
+    id: Option<&str>,
+    code: i64,
+    message: &str,
+    data: Option<&str>,
+) -> Response {
     let mut line = jsonrpc::error_line(id, code, message);
     if let Some(d) = data {
         // Before the two closing braces of `error` and the message.
@@ -102,7 +111,7 @@ fn error(status: u16, id: Option<&str>, code: i64, message: &str, data: Option<&
         .body(Body::Bytes(line.into_bytes()))
 }
 
-fn sse(rx: flume::Receiver<Vec<u8>>) -> Response {
+pub(crate) fn sse(rx: flume::Receiver<Vec<u8>>) -> Response {
     Response::new(200)
         .header("content-type", "text/event-stream")
         .header("cache-control", "no-cache")
@@ -110,7 +119,7 @@ fn sse(rx: flume::Receiver<Vec<u8>>) -> Response {
         .body(Body::Stream(rx))
 }
 
-fn unavailable(u: Unavailable) -> Response {
+pub(crate) fn unavailable(u: Unavailable) -> Response {
     let text = match u {
         Unavailable::NotReady => "MCP server not available",
         Unavailable::Busy => "MCP servers busy",
@@ -132,16 +141,9 @@ pub async fn post(
     log: &mut McpLog,
 ) -> Response {
     log.session = None;
-    // Several targets are served to handshake-era sessions only: the
-    // client is told which versions to use (the SDKs fall back).
-    if backend.is_multiplexing() {
-        let supported = serde_json::to_string(crate::mcp::KNOWN_VERSIONS).unwrap_or_default();
-        let data = format!(r#"{{"supported":{supported},"requested":"2026-07-28"}}"#);
-        let message = "2026-07-28 is not served for several MCP targets";
-        return error(400, None, checks::UNSUPPORTED_VERSION, message, Some(&data));
+    if !backend.is_multiplexing() {
+        log.target = Some(backend.targets[0].name.clone());
     }
-    let backend = &backend.targets[0];
-    log.target = Some(backend.name.clone());
     if batch {
         return error(
             400,
@@ -178,22 +180,22 @@ pub async fn post(
     if NOT_SERVED.contains(&method) || method.starts_with("tasks/") {
         return error(404, id, checks::METHOD_NOT_FOUND, "Method not found", None);
     }
+    if backend.is_multiplexing() {
+        let call = multi::Call {
+            shared,
+            backend,
+            line: &m.line,
+            env: &env,
+            method,
+            headers: &headers,
+            identity,
+        };
+        return multi::post(call, &messages, authz, log).await;
+    }
+    let backend = &backend.targets[0];
     let target = shared.target(backend);
     if method == "subscriptions/listen" {
-        #[derive(serde::Deserialize)]
-        struct P<'a> {
-            #[serde(borrow)]
-            params: Option<Q<'a>>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Q<'a> {
-            #[serde(borrow)]
-            notifications: Option<&'a serde_json::value::RawValue>,
-        }
-        let n = serde_json::from_str::<P>(&m.line)
-            .ok()
-            .and_then(|p| p.params?.notifications);
-        let mut filter = Filter::parse(n);
+        let mut filter = listen_filter(&m.line);
         if !filter.uris.is_empty() {
             // Only what the child can subscribe to, and the caller may read.
             match target.info().await {
@@ -217,7 +219,9 @@ pub async fn post(
         return match target.info().await {
             Ok(info) => discover(
                 id.unwrap_or("null"),
-                &info,
+                &info.capabilities,
+                info.instructions.as_deref(),
+                info.server_info.as_deref(),
                 shared.settings().cache_ttl.as_millis() as u64,
             ),
             Err(u) => unavailable(u),
@@ -255,11 +259,7 @@ pub async fn post(
     let mut opts = Opts {
         cache,
         list,
-        log_level: env
-            .log_level
-            .and_then(envelope::string)
-            .and_then(|l| shared::child::LOG_LEVELS.iter().position(|x| *x == l))
-            .map(|l| l as u8),
+        log_level: log_level(&env),
         ..Opts::default()
     };
     if MRTR.contains(&method) {
@@ -289,7 +289,11 @@ pub async fn post(
 /// An MRTR retry: its `requestState` checked, the client's input sent to
 /// the call that waits for it (on whichever worker's child holds it), whose
 /// answer then comes on this request's stream.
-fn retry(env: &envelope::Envelope, token: &serde_json::value::RawValue, m: &Mrtr) -> Response {
+pub(crate) fn retry(
+    env: &envelope::Envelope,
+    token: &serde_json::value::RawValue,
+    m: &Mrtr,
+) -> Response {
     let id = env.id.map_or("null", |i| i.get());
     let refuse = |why: &str| error(400, Some(id), INVALID_PARAMS, why, None);
     let Some(token) = envelope::string(token) else {
@@ -338,27 +342,59 @@ fn retry(env: &envelope::Envelope, token: &serde_json::value::RawValue, m: &Mrtr
 const INVALID_PARAMS: i64 = -32602;
 
 /// The child's capabilities (raw JSON) have `resources.subscribe: true`.
-fn subscribable(capabilities: &str) -> bool {
+pub(crate) fn subscribable(capabilities: &str) -> bool {
     serde_json::from_str::<serde_json::Value>(capabilities)
         .is_ok_and(|c| c["resources"]["subscribe"] == true)
 }
 
+/// The `_meta` log level a request asks for (0 = debug).
+pub(crate) fn log_level(env: &envelope::Envelope) -> Option<u8> {
+    env.log_level
+        .and_then(envelope::string)
+        .and_then(|l| shared::child::LOG_LEVELS.iter().position(|x| *x == l))
+        .map(|l| l as u8)
+}
+
+/// What a `subscriptions/listen` request asks for (`params.notifications`).
+pub(crate) fn listen_filter(line: &str) -> Filter {
+    #[derive(serde::Deserialize)]
+    struct P<'a> {
+        #[serde(borrow)]
+        params: Option<Q<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Q<'a> {
+        #[serde(borrow)]
+        notifications: Option<&'a serde_json::value::RawValue>,
+    }
+    let n = serde_json::from_str::<P>(line)
+        .ok()
+        .and_then(|p| p.params?.notifications);
+    Filter::parse(n)
+}
+
 /// ringgate's `server/discover` answer (ringgate's own JSON, with the
-/// child's capabilities, instructions and serverInfo as it wrote them).
-fn discover(id: &str, info: &crate::mcp::shared::ChildInfo, ttl_ms: u64) -> Response {
+/// capabilities, instructions and serverInfo, raw JSON, as the child wrote
+/// them or as ringgate merged them).
+pub(crate) fn discover(
+    id: &str,
+    capabilities: &str,
+    instructions: Option<&str>,
+    server_info: Option<&str>,
+    ttl_ms: u64,
+) -> Response {
     let mut r = format!(
-        r#"{{"jsonrpc":"2.0","id":{id},"result":{{"supportedVersions":{},"capabilities":{}"#,
+        r#"{{"jsonrpc":"2.0","id":{id},"result":{{"supportedVersions":{},"capabilities":{capabilities}"#,
         checks::supported_json(),
-        info.capabilities
     );
-    if let Some(i) = &info.instructions {
+    if let Some(i) = instructions {
         r.push_str(",\"instructions\":");
         r.push_str(i);
     }
     r.push_str(&format!(
         r#","ttlMs":{ttl_ms},"cacheScope":"private","resultType":"complete""#
     ));
-    if let Some(s) = &info.server_info {
+    if let Some(s) = server_info {
         r.push_str(",\"_meta\":{\"io.modelcontextprotocol/serverInfo\":");
         r.push_str(s);
         r.push('}');

@@ -14,8 +14,8 @@ pub struct Answer<'a> {
     pub line: &'a str,
 }
 
-impl Answer<'_> {
-    fn result(&self) -> Option<&str> {
+impl<'a> Answer<'a> {
+    fn result(&self) -> Option<&'a str> {
         member(self.line, "result").map(|r| &self.line[r])
     }
 
@@ -90,8 +90,10 @@ pub fn clashes(per_target: &[(usize, Vec<String>)]) -> Vec<(String, Vec<usize>)>
 
 /// One answer to a fanned-out list request, `id` being the client's (raw):
 /// every child's items in target order, each spliced as written, its name
-/// or URI rewritten as exposed. Pagination is not merged: each child's
-/// first page is served. `Err` carries the error line to send instead.
+/// or URI rewritten as exposed. When children answered with `nextCursor`,
+/// the answer carries ringgate's own cursor naming, per target, the child's
+/// cursor still to fetch ([`encode_cursor`]). `Err` carries the error line
+/// to send instead.
 pub fn merge_list(
     naming: &Naming,
     kind: ListKind,
@@ -105,8 +107,14 @@ pub fn merge_list(
         kind.key()
     );
     let mut first = true;
+    let mut pending = Vec::new();
     for a in ok {
         let result = a.result().unwrap_or("{}");
+        if let Some(c) = member(result, "nextCursor").map(|r| &result[r]) {
+            if c.starts_with('"') {
+                pending.push((a.target, c));
+            }
+        }
         for (item, span) in items(kind, result) {
             if !first {
                 out.push(',');
@@ -125,9 +133,89 @@ pub fn merge_list(
             }
         }
     }
-    out.push_str("]}}");
+    out.push(']');
+    if !pending.is_empty() {
+        out.push_str(&format!(
+            r#","nextCursor":"{}""#,
+            encode_cursor(naming, &pending)
+        ));
+    }
+    out.push_str("}}");
     Ok(out)
 }
+
+/// ringgate's cursor of a merged list: base64url (unpadded) of a JSON
+/// object naming each target that has pages left, with the cursor its child
+/// gave (`raw`, the child's JSON string as written), e.g.
+/// `{"everything":"after-10"}`. Opaque to the client; the child gets its
+/// own cursor back byte for byte.
+pub fn encode_cursor(naming: &Naming, pending: &[(usize, &str)]) -> String {
+    use base64::Engine;
+    let mut json = String::from("{");
+    for (i, (t, raw)) in pending.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str(&format!("\"{}\":{raw}", naming.targets[*t]));
+    }
+    json.push('}');
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+}
+
+/// The targets a ringgate cursor names, each with its child's cursor (a
+/// JSON string, raw). `None` when it is not one ringgate made: not
+/// base64url, not an object of strings, a target this backend lacks, or
+/// no target at all.
+pub fn decode_cursor(naming: &Naming, cursor: &str) -> Option<Vec<(usize, String)>> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    let json = String::from_utf8(bytes).ok()?;
+    let mut out = Vec::new();
+    for (k, span) in members(&json)? {
+        let raw = &json[span];
+        let t = naming.index(&k)?;
+        if !raw.starts_with('"') || out.iter().any(|(u, _)| *u == t) {
+            return None;
+        }
+        out.push((t, raw.to_string()));
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The line a fanned-out list request sends to each target (of `targets`,
+/// those serving): without a cursor, the client's line to every one; with
+/// ringgate's cursor, only to the targets it names, each with its child's
+/// cursor spliced in. `None` when the cursor is not ringgate's (the caller
+/// answers JSON-RPC -32602).
+pub fn list_requests(
+    naming: &Naming,
+    line: &str,
+    targets: &[usize],
+) -> Option<Vec<(usize, String)>> {
+    let span = nested(line, "params", "cursor").filter(|r| &line[r.clone()] != "null");
+    let Some(span) = span else {
+        return Some(targets.iter().map(|t| (*t, line.to_string())).collect());
+    };
+    let cursor = decode_str(&line[span.clone()])?;
+    let pages = decode_cursor(naming, &cursor)?;
+    Some(
+        pages
+            .into_iter()
+            .filter(|(t, _)| targets.contains(t))
+            .map(|(t, raw)| (t, splice(line, span.clone(), &raw)))
+            .collect(),
+    )
+}
+
+/// What answers a list request whose cursor is not ringgate's.
+pub fn bad_cursor(id: &str) -> String {
+    crate::mcp::jsonrpc::error_line(Some(id), INVALID_PARAMS, "Invalid params: unknown cursor")
+}
+
+/// JSON-RPC "Invalid params".
+pub const INVALID_PARAMS: i64 = -32602;
 
 /// A `resources/read` answer from `target` with each content's `uri` as
 /// exposed (the contents are spliced; only the URIs change).
@@ -161,7 +249,7 @@ pub fn server_info() -> String {
 /// The union of the children's capabilities, two levels deep: a capability
 /// any child has is offered, with the members any child gives it (`true`
 /// wins over `false`, else the first child's value as written).
-fn merge_capabilities(results: &[&str]) -> String {
+pub fn merge_capabilities(results: &[&str]) -> String {
     /// A capability's name, its members (name, raw value), or its raw value
     /// when it is not an object.
     type Capability = (String, Vec<(String, String)>, Option<String>);
@@ -224,6 +312,28 @@ fn merge_capabilities(results: &[&str]) -> String {
     out
 }
 
+/// The children's `instructions` (from each target's result object), each
+/// under `[target]`, as the inside of one JSON string (the children's
+/// escapes kept); empty when none gave any.
+pub fn merge_instructions(naming: &Naming, results: &[(usize, &str)]) -> String {
+    let mut instructions = String::new();
+    for (t, r) in results {
+        let Some(raw) = member(r, "instructions").map(|s| &r[s]) else {
+            continue;
+        };
+        if !raw.starts_with('"') || raw == "\"\"" {
+            continue;
+        }
+        if !instructions.is_empty() {
+            instructions.push_str("\\n\\n");
+        }
+        // The child's string as written, under its target's name.
+        instructions.push_str(&format!("[{}]\\n", naming.targets[*t]));
+        instructions.push_str(&raw[1..raw.len() - 1]);
+    }
+    instructions
+}
+
 /// One answer to the client's `initialize` (`id` raw) from the children's.
 pub fn merge_initialize(
     naming: &Naming,
@@ -238,22 +348,11 @@ pub fn merge_initialize(
         .filter_map(|r| member(r, "protocolVersion").map(|s| &r[s]))
         .min_by_key(|raw| decode_str(raw).unwrap_or_default())
         .unwrap_or("\"2025-03-26\"");
-    let mut instructions = String::new();
-    for a in &ok {
-        let r = a.result().unwrap_or("{}");
-        let Some(raw) = member(r, "instructions").map(|s| &r[s]) else {
-            continue;
-        };
-        if !raw.starts_with('"') || raw == "\"\"" {
-            continue;
-        }
-        if !instructions.is_empty() {
-            instructions.push_str("\\n\\n");
-        }
-        // The child's string as written, under its target's name.
-        instructions.push_str(&format!("[{}]\\n", naming.targets[a.target]));
-        instructions.push_str(&raw[1..raw.len() - 1]);
-    }
+    let per: Vec<(usize, &str)> = ok
+        .iter()
+        .map(|a| (a.target, a.result().unwrap_or("{}")))
+        .collect();
+    let instructions = merge_instructions(naming, &per);
     let mut out = format!(
         r#"{{"jsonrpc":"2.0","id":{id},"result":{{"protocolVersion":{version},"capabilities":{},"serverInfo":{}"#,
         merge_capabilities(&results),
@@ -264,4 +363,95 @@ pub fn merge_initialize(
     }
     out.push_str("}}");
     Ok(out)
+}
+
+#[cfg(test)]
+mod cursor_tests {
+    use super::*;
+
+    fn naming() -> Naming {
+        Naming {
+            targets: vec!["a".into(), "b".into()],
+            prefix_names: true,
+            prefix_uris: true,
+        }
+    }
+
+    fn answer(target: usize, line: &str) -> Answer<'_> {
+        Answer { target, line }
+    }
+
+    #[test]
+    fn a_merged_list_carries_the_pages_left_and_a_cursor_request_goes_only_there() {
+        let n = naming();
+        let a = r#"{"jsonrpc":"2.0","id":1,"result":{"nextCursor":"after\u002d10","resources":[{"uri":"x://1"}]}}"#;
+        let b = r#"{"jsonrpc":"2.0","id":1,"result":{"resources":[{"uri":"y://1"}]}}"#;
+        let merged = merge_list(
+            &n,
+            ListKind::Resources,
+            "7",
+            &[answer(0, a), answer(1, b)],
+            false,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&merged).unwrap();
+        assert_eq!(v["result"]["resources"][0]["uri"], "a+x://1");
+        assert_eq!(v["result"]["resources"][1]["uri"], "b+y://1");
+        let cursor = v["result"]["nextCursor"].as_str().unwrap();
+        assert_eq!(
+            decode_cursor(&n, cursor).unwrap(),
+            vec![(0, r#""after\u002d10""#.to_string())]
+        );
+        let req = format!(
+            r#"{{"jsonrpc":"2.0","id":8,"method":"resources/list","params":{{"cursor":"{cursor}"}}}}"#
+        );
+        // Only target a has pages left; its child gets its cursor as written.
+        assert_eq!(
+            list_requests(&n, &req, &[0, 1]).unwrap(),
+            vec![(
+                0,
+                r#"{"jsonrpc":"2.0","id":8,"method":"resources/list","params":{"cursor":"after\u002d10"}}"#
+                    .to_string()
+            )]
+        );
+        // The last pages: no cursor left.
+        let last = merge_list(&n, ListKind::Resources, "8", &[answer(1, b)], false).unwrap();
+        assert!(!last.contains("nextCursor"), "{last}");
+    }
+
+    #[test]
+    fn without_a_cursor_every_target_is_asked() {
+        let n = naming();
+        for req in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":null}}"#,
+        ] {
+            let lines = list_requests(&n, req, &[0, 1]).unwrap();
+            assert_eq!(lines, vec![(0, req.to_string()), (1, req.to_string())]);
+        }
+    }
+
+    #[test]
+    fn cursors_ringgate_did_not_make_are_refused() {
+        use base64::Engine;
+        let n = naming();
+        let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        for bad in [
+            "not base64!".to_string(),
+            enc("{}"),
+            enc(r#"{"c":"x"}"#),
+            enc(r#"{"a":1}"#),
+            enc(r#"{"a":"x","a":"y"}"#),
+            enc("[]"),
+        ] {
+            assert!(decode_cursor(&n, &bad).is_none(), "{bad}");
+            let req = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{"cursor":"{bad}"}}}}"#
+            );
+            assert!(list_requests(&n, &req, &[0, 1]).is_none(), "{bad}");
+        }
+        let line = bad_cursor("3");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["error"]["code"], -32602);
+    }
 }

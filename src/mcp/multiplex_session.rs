@@ -345,7 +345,18 @@ impl MultiSession {
         tx: flume::Sender<Vec<u8>>,
     ) {
         let mut streams = Vec::new();
-        for (t, c) in self.alive() {
+        // A list's cursor (ringgate's) says which targets have pages left.
+        let alive: Vec<usize> = self.alive().map(|(t, _)| t).collect();
+        let lines = match merge {
+            Merge::List(_) => mx::list_requests(&self.naming, &m.line, &alive),
+            _ => Some(alive.iter().map(|t| (*t, m.line.clone())).collect()),
+        };
+        let Some(lines) = lines else {
+            let _ = tx.try_send(sse::event(mx::bad_cursor(id).as_bytes()));
+            return;
+        };
+        for (t, line) in lines {
+            let c = &self.children[t];
             // A list filtered for its caller is filtered with each target's
             // name as `mcp.tool.target`.
             let authz = list.as_ref().map(|(kind, f)| {
@@ -358,7 +369,11 @@ impl MultiSession {
                 }
             });
             let (own_tx, own_rx) = flume::bounded(POST_STREAM_DEPTH);
-            self.to_child(t, m.clone(), authz, own_tx);
+            let m = Message {
+                line,
+                kind: m.kind.clone(),
+            };
+            self.to_child(t, m, authz, own_tx);
             streams.push((t, own_rx));
         }
         let me = self.clone();

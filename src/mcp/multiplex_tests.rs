@@ -89,7 +89,12 @@ fn lists_are_merged_by_splicing_items() {
     let merged = merge_list(&n, ListKind::Tools, "3", &answers, false).unwrap();
     assert_eq!(
         merged,
-        r#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"a_echo","description":"Echo \"it\"","inputSchema":{"type":"object","x":1.10}},{"inputSchema":{},"name":"a_add"},{"name":"mem-1_read_graph","inputSchema":{ "type" : "object" }}]}}"#
+        r#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"a_echo","description":"Echo \"it\"","inputSchema":{"type":"object","x":1.10}},{"inputSchema":{},"name":"a_add"},{"name":"mem-1_read_graph","inputSchema":{ "type" : "object" }}],"nextCursor":"eyJhIjoiYyJ9"}}"#
+    );
+    // The cursor is ringgate's: target a still has pages, from "c".
+    assert_eq!(
+        decode_cursor(&n, "eyJhIjoiYyJ9").unwrap(),
+        vec![(0, r#""c""#.to_string())]
     );
     assert_eq!(names(ListKind::Tools, a), ["echo", "add"]);
 

@@ -105,6 +105,8 @@ pub struct Target {
     /// Fired when a child becomes ready or ends.
     changed: Signal,
     shut: Cell<bool>,
+    /// Its last child failed to start or died young, and none is ready.
+    failing: Cell<bool>,
     max_in_flight: usize,
     timeout: Duration,
     grace: Duration,
@@ -126,6 +128,22 @@ impl Target {
     /// Waits (up to the request timeout) for a ready child; picks the least
     /// loaded one with room.
     pub async fn pick(&self) -> Result<Rc<SharedChild>, Unavailable> {
+        self.pick_inner(false).await
+    }
+
+    /// As [`Target::pick`], but gives up at once while the target is
+    /// failing (its children crash or cannot start): several targets
+    /// behind one route do not wait for one that is down.
+    pub async fn pick_unless_failing(&self) -> Result<Rc<SharedChild>, Unavailable> {
+        self.pick_inner(true).await
+    }
+
+    /// Its children crash or cannot start (and none is ready).
+    pub fn is_failing(&self) -> bool {
+        self.failing.get()
+    }
+
+    async fn pick_inner(&self, fail_fast: bool) -> Result<Rc<SharedChild>, Unavailable> {
         let until = Instant::now() + self.timeout;
         loop {
             let best = self
@@ -142,7 +160,7 @@ impl Target {
                 None => {}
             }
             let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.shut.get() {
+            if left.is_zero() || self.shut.get() || (fail_fast && self.failing.get()) {
                 return Err(Unavailable::NotReady);
             }
             let _ = monoio::time::timeout(left, self.changed.wait()).await;
@@ -255,6 +273,7 @@ impl Shared {
             info: RefCell::new(None),
             changed: Signal::default(),
             shut: Cell::new(false),
+            failing: Cell::new(false),
             max_in_flight: s.max_in_flight_per_child,
             timeout: s.request_timeout,
             grace: s.stop_grace,
@@ -360,6 +379,7 @@ async fn keep_slot(t: Rc<Target>, slot: usize) {
                             c.end("shutting down");
                         } else {
                             *t.info.borrow_mut() = Some(Rc::new(info));
+                            t.failing.set(false);
                             t.slots.borrow_mut()[slot] = Some(c.clone());
                             t.changed.fire();
                             if !c.is_dead() {
@@ -385,6 +405,9 @@ async fn keep_slot(t: Rc<Target>, slot: usize) {
             backoff = BACKOFF_MIN;
         } else {
             backoff = (backoff * 2).min(BACKOFF_MAX);
+            let ready = t.slots.borrow().iter().flatten().any(|c| !c.is_dead());
+            t.failing.set(!ready);
+            t.changed.fire();
         }
         if t.shut.get() {
             break;

@@ -3,7 +3,8 @@
 
 Prints ONE JSON object on stdout; exit 0 when every step worked.
 
-    multi_client.py --url URL --scenario two-servers|twins|never [--source-ip IP]
+    multi_client.py --url URL --scenario two-servers|twins|never|paginate
+                    [--mode legacy|auto|2026-07-28] [--source-ip IP]
 
 Scenarios:
   two-servers  targets `everything` (server-everything) and `memory`
@@ -16,6 +17,12 @@ Scenarios:
                at once; then linger so both children ask roots/list.
   never        prefixMode never over server-everything and server-memory:
                list tools, call `echo` and `read_graph` by their own names.
+  paginate     walk every page of resources/list and tools/list (following
+               nextCursor, at most 100 pages each): reports every URI and
+               tool name in the order served, and the number of pages.
+
+--mode: `legacy` initializes a session, `2026-07-28` speaks the stateless
+revision only, `auto` lets the SDK choose (it probes server/discover).
 """
 
 from __future__ import annotations
@@ -132,6 +139,24 @@ async def run(args: argparse.Namespace, out: dict[str, Any]) -> None:
                 # wait for the second request (bounded).
                 with anyio.move_on_after(args.linger):
                     await both_asked.wait()
+            if args.scenario == "paginate":
+                for what in ("resources", "tools"):
+                    out["stage"] = f"paginate {what}"
+                    items: list[str] = []
+                    pages, cursor = 0, None
+                    while pages < 100:
+                        if what == "resources":
+                            r = await client.list_resources(cursor=cursor)
+                            items += [str(x.uri) for x in r.resources]
+                        else:
+                            r = await client.list_tools(cursor=cursor)
+                            items += [x.name for x in r.tools]
+                        pages += 1
+                        cursor = r.next_cursor
+                        if not cursor:
+                            break
+                    out[f"{what}_all"] = items
+                    out[f"{what}_pages"] = pages
             if args.scenario == "never":
                 out["stage"] = "echo"
                 out["echo"] = text_of(await client.call_tool("echo", {"message": "unprefixed"}))
@@ -149,9 +174,9 @@ async def run(args: argparse.Namespace, out: dict[str, Any]) -> None:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--url", required=True)
-    p.add_argument("--scenario", required=True, choices=("two-servers", "twins", "never"))
+    p.add_argument("--scenario", required=True, choices=("two-servers", "twins", "never", "paginate"))
     p.add_argument("--source-ip", default=None)
-    p.add_argument("--mode", default="legacy", choices=("legacy", "auto"))
+    p.add_argument("--mode", default="legacy", choices=("legacy", "auto", "2026-07-28"))
     p.add_argument("--duration", type=float, default=0.5)
     p.add_argument("--linger", type=float, default=5.0)
     p.add_argument("--timeout", type=float, default=30.0)
