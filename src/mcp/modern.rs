@@ -36,6 +36,7 @@ pub mod envelope;
 pub mod multi;
 pub mod splice;
 pub mod state;
+pub mod strip;
 
 use crate::config::McpBackend;
 use crate::http::response::{Body, Response};

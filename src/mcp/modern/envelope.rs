@@ -25,6 +25,8 @@ pub struct Envelope<'a> {
     /// `_meta` carries the version key at all (whatever its value).
     pub has_version_key: bool,
     pub progress_token: Option<&'a RawValue>,
+    /// `params._meta`, when an object.
+    pub meta: Option<&'a RawValue>,
     pub log_level: Option<&'a RawValue>,
     /// `_meta["io.modelcontextprotocol/clientCapabilities"]`.
     pub client_capabilities: Option<&'a RawValue>,
@@ -102,6 +104,7 @@ pub fn parse(line: &str) -> Option<Envelope<'_>> {
     env.input_responses = p.input_responses;
     env.request_state = p.request_state;
     if let Some(meta) = p.meta.filter(|m| m.get().starts_with('{')) {
+        env.meta = Some(meta);
         let m: Meta = serde_json::from_str(meta.get()).ok()?;
         env.has_version_key = m.version.is_some();
         env.version = m.version.and_then(string);

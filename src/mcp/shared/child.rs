@@ -1,9 +1,10 @@
 //! One shared child: requests of many modern clients multiplexed over its
 //! stdio with ringgate-assigned ids, answers routed back by those ids.
 //!
-//! A client's request line is forwarded with two splices: its `id` becomes
-//! a number ringgate assigns (unique on this child), and its
-//! `_meta.progressToken`, if any, becomes `"rg<id>"`. On the way back the
+//! A client's request line is forwarded with splices: its `id` becomes
+//! a number ringgate assigns (unique on this child), its
+//! `_meta.progressToken`, if any, becomes `"rg<id>"`, and the 2026-07-28
+//! envelope members leave its `_meta` (see `modern::strip`). On the way back the
 //! child's answer gets the client's id bytes again (and `resultType` etc.,
 //! see `modern::splice`), and a progress notification its client's token,
 //! so that answers of different clients cannot cross. Everything else in
@@ -19,8 +20,8 @@ use serde_json::value::RawValue;
 use tracing::{debug, info, warn};
 
 use crate::mcp::jsonrpc::{self, Outgoing};
-use crate::mcp::modern::envelope::{span, Envelope};
-use crate::mcp::modern::splice;
+use crate::mcp::modern::envelope::Envelope;
+use crate::mcp::modern::{splice, strip};
 use crate::mcp::sse;
 use crate::policy::mcp_authz::{Filtered, ListFilter, ListKind};
 use crate::pool::{ChildHandle, ChildReader, ChildWriter};
@@ -206,11 +207,7 @@ impl SharedChild {
         let n = self.next();
         let new_id = n.to_string();
         let new_token = format!("\"rg{n}\"");
-        let mut edits = vec![(span(line, id_raw), new_id.as_str())];
-        if let Some(t) = env.progress_token {
-            edits.push((span(line, t), new_token.as_str()));
-        }
-        let rewritten = splice::splice(line, edits);
+        let rewritten = strip::forward(line, env, &new_id, &new_token);
         let (tx, rx) = flume::bounded(STREAM_DEPTH);
         let waiter = Waiter::Client {
             id: id_raw.get().to_string(),
