@@ -2,9 +2,8 @@
 """A stdio MCP server whose lists come in pages, for ringgate's merged-list
 pagination tests (tests/modern_multi.rs): server-everything and
 server-memory answer every list in one page, so they cannot show that a
-merged list loses no page. Standard library only (the Python SDK 2.x server
-refuses, on a connection it initialized, requests that carry the 2026-07-28
-`_meta` envelope, which ringgate's shared children are sent).
+merged list loses no page. Standard library only, so the pages are exactly
+what the tests say.
 
     paging_server.py [--resources N] [--tools N] [--page K]
 
