@@ -17,7 +17,9 @@
 //!    N (and 1) stateless 2026-07-28 clients over the shared children
 //!    ([`client::modern`]), against the same calls written straight to children's
 //!    stdio;
-//! 4. session set-up: `initialize` with a warm pool versus a cold `npx`;
+//! 4. session set-up: `initialize` with a warm pool versus a cold `npx`,
+//!    and bursts of `--burst N` (16) concurrent `initialize`s ([`burst`])
+//!    with `minIdle: 2` and `minIdle: N`, 2 workers;
 //! 5. memory: RSS after a 12 MiB body and a 9 MiB MCP echo ([`memory`]).
 //!
 //! The targets compared with each other (0, 1, 2; 3 and its ceiling) are
@@ -29,12 +31,13 @@
 //! over `--rounds N`, default 4), `--warmup S` (first ramp of HTTP targets,
 //! 1), `--mcp-warmup S` (of MCP targets, 3), `--conns N` (64),
 //! `--sessions N` (4), `--workers 1,2`, `--init-runs N` (8 warm, half as
-//! many cold), `--only reject,allow,conn,log,mcp,init,mem`, `--quick` (2 s per
+//! many cold), `--only reject,allow,conn,log,mcp,init,burst,mem`, `--burst N` (16), `--quick` (2 s per
 //! target, shorter ramps, 4 initialize runs), `--compare PATH` (another
 //! ringgate build, e.g. a branch's, measured in the same rounds as this
 //! one for scenarios 1 to 3, rows marked `[file name]`; repeatable).
 
 mod baseline;
+mod burst;
 mod client;
 #[path = "../../tests/support/fake_tailscaled.rs"]
 mod fake_tailscaled;
@@ -86,6 +89,8 @@ struct Opts {
     sessions: usize,
     workers: Vec<usize>,
     init_runs: usize,
+    /// Concurrent `initialize`s in a burst.
+    burst: usize,
     /// Scenario groups to run (all when empty): reject, allow, conn, log,
     /// mcp, init.
     only: Vec<String>,
@@ -104,6 +109,7 @@ impl Opts {
             sessions: 4,
             workers: default_workers(),
             init_runs: 8,
+            burst: 16,
             only: Vec::new(),
             compare: Vec::new(),
         };
@@ -127,6 +133,7 @@ impl Opts {
                 "--conns" => o.conns = num(args.next()),
                 "--sessions" => o.sessions = num(args.next()).max(1),
                 "--init-runs" => o.init_runs = num(args.next()).max(1),
+                "--burst" => o.burst = num(args.next()).max(1),
                 "--workers" => {
                     o.workers = list(args.next())
                         .iter()
@@ -368,6 +375,22 @@ fn main() {
         warm = measure_initialize(&whois, true, "npx", &npx_args, o.init_runs);
         cold = measure_initialize(&whois, false, "npx", &npx_args, o.init_runs.div_ceil(2));
     }
+    let mut bursts = Vec::new();
+    if o.runs("burst") {
+        let js = server_js().display().to_string();
+        let w = 2;
+        for min_idle in [2, o.burst] {
+            let yaml = ringgate_yaml(&whois, min_idle, "node", std::slice::from_ref(&js)).replacen(
+                "minIdle: ",
+                &format!("maxLive: {}, minIdle: ", 4 * o.burst),
+                1,
+            );
+            let mut rg = Server::ringgate(BIN, &yaml, w, rust_log(false));
+            bursts.push(burst::run(&rg, ip(ALLOWED_IP), min_idle, w, o.burst, 3));
+            rg.assert_running();
+            rg.stop();
+        }
+    }
     let mut payloads = Vec::new();
     if o.runs("mem") {
         for &w in &o.workers {
@@ -390,7 +413,14 @@ fn main() {
     let took = started.elapsed();
     println!(
         "{}",
-        report::report(&o, &rows, &idle_rss, &warm, &cold, &payloads, took)
+        report::report(
+            &o,
+            &rows,
+            &idle_rss,
+            (&warm, &cold, &bursts),
+            &payloads,
+            took
+        )
     );
     let errors: u64 = rows.iter().map(|r| r.m.errors).sum();
     if errors > 0 {

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::burst::{quantile, Burst};
 use crate::client;
 use crate::memory::{self, Payload};
 use crate::{Opts, Row};
@@ -34,8 +35,7 @@ pub fn report(
     o: &Opts,
     rows: &[Row],
     idle_rss: &[(usize, u64)],
-    warm: &[f64],
-    cold: &[f64],
+    (warm, cold, bursts): (&[f64], &[f64], &[Burst]),
     payloads: &[Payload],
     took: Duration,
 ) -> String {
@@ -117,6 +117,33 @@ pub fn report(
         idle.join(", ")
     );
 
+    if !bursts.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nBursts of concurrent `initialize` (server-everything by node, 3 bursts, each after the pool settled):\n\n\
+             | w | minIdle | N | p50 ms | p99 ms | p50 of each burst ms | children live after each burst |\n|---|---|---|---|---|---|---|"
+        );
+        for b in bursts {
+            let all = b.all(false);
+            let each: Vec<String> = b
+                .bursts
+                .iter()
+                .map(|v| format!("{:.0}", median(v)))
+                .collect();
+            let live: Vec<String> = b.live.iter().map(|n| n.to_string()).collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.1} | {:.1} | {} | {} |",
+                b.workers,
+                b.min_idle,
+                b.n,
+                median(&all),
+                quantile(&all, 0.99),
+                each.join(", "),
+                live.join(", ")
+            );
+        }
+    }
     if !payloads.is_empty() {
         let _ = writeln!(
             s,
@@ -258,6 +285,27 @@ pub fn report(
             "initialize warm p50 >= 10x lower than cold npx".into(),
             cm / wm >= 10.0,
             format!("{wm:.1} ms vs {cm:.1} ms = {:.1}x", cm / wm),
+        );
+    }
+    for b in bursts {
+        // With minIdle at the burst's size every burst counts; below it the
+        // first burst pays cold starts, and the pool sized to demand must
+        // serve the later ones.
+        let sized = b.min_idle >= b.n;
+        let v = b.all(!sized);
+        let (p50, p99) = (median(&v), quantile(&v, 0.99));
+        let which = if sized {
+            "every burst"
+        } else {
+            "bursts after the first"
+        };
+        check(
+            format!(
+                "{} concurrent initialize p50 < 100 ms, p99 < 500 ms (minIdle {}, {which}, w={})",
+                b.n, b.min_idle, b.workers
+            ),
+            p50 < 100.0 && p99 < 500.0,
+            format!("p50 {p50:.1} ms, p99 {p99:.1} ms"),
         );
     }
     for p in payloads {
