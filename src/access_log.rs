@@ -147,9 +147,6 @@ pub fn request(ctx: &BindCtx, req: &Request, handled: &Handled, elapsed: Duratio
         if let Some(v) = &m.session {
             line.field("mcp.session.id", v);
         }
-        if let Some(v) = &m.target {
-            line.field("mcp.target", v);
-        }
         if let Some(d) = m.authz {
             line.field("mcp.authz", d);
             // The tool is logged above; prompts and resources here.
