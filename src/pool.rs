@@ -655,3 +655,23 @@ impl Notify {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_idle_is_split_among_workers_and_reserve_rounds_up() {
+        let shares = |total, workers, offset| -> Vec<usize> {
+            (0..workers)
+                .map(|w| share(total, workers, w + offset))
+                .collect()
+        };
+        assert_eq!(shares(5, 2, 0), [3, 2]);
+        assert_eq!(shares(1, 4, 0), [1, 0, 0, 0]);
+        assert_eq!(shares(1, 4, 2), [0, 0, 1, 0], "rotated per target");
+        assert_eq!(shares(8, 3, 1).iter().sum::<usize>(), 8);
+        assert_eq!(shares(0, 2, 0), [0, 0]);
+        assert_eq!((burst_reserve(2), burst_reserve(64)), (1, 16));
+    }
+}
