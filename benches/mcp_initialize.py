@@ -10,7 +10,7 @@ live child count after all sessions were closed.
 
 With `--burst`, it measures bursts instead (issue #16): N concurrent
 initializes (N = 1, 4, 16) against server-everything run by node, with two
-workers, each burst repeated `--rounds` times `--settle` seconds apart; it
+workers, each burst repeated `--rounds` times `--burst-settle` seconds apart; it
 prints p50 / p99 of the initialize round trip, and the most live children
 seen right after a burst. Configurations: `minIdle: 2` (what the old
 per-worker `minIdle: 1` kept with two workers) and `minIdle: 16` (a user
@@ -175,13 +175,15 @@ def main():
     ap.add_argument("--settle", type=float, default=2.0, help="seconds between sessions")
     ap.add_argument("--burst", action="store_true", help="concurrent initializes instead")
     ap.add_argument("--rounds", type=int, default=3, help="bursts per configuration")
+    ap.add_argument("--burst-settle", type=float, default=10.0,
+                    help="seconds for the pool to (re)fill and its node children to start")
     a = ap.parse_args()
     if not os.path.exists(BIN) or not os.path.exists(SERVER_JS):
         sys.exit("build first: cargo build --release && tests/peers/setup.sh")
     if a.burst:
         for n in (1, 4, 16):
-            burst("minIdle 2 (old 1 per worker)", 2, n, a.rounds, max(a.settle, 3.0))
-        burst("minIdle 16", 16, 16, a.rounds, max(a.settle, 3.0))
+            burst("minIdle 2 (old 1 per worker)", 2, n, a.rounds, a.burst_settle)
+        burst("minIdle 16", 16, 16, a.rounds, a.burst_settle)
         return
     npx = ["--offline", "--prefix", PEERS, "mcp-server-everything"]
     warm_node = measure("node, warm pool", 1, "node", [SERVER_JS], a.runs, a.settle)

@@ -15,6 +15,9 @@
 //! `min_idle` (this pool's share of the target's `config.mcp.minIdle`), or
 //! more after a burst: the peak number of takes within a second
 //! ([`demand::BURST_WINDOW`]), held for `demand_hold`, up to `burst_idle`.
+//! While takes keep coming, the refill keeps at most one idle child; the
+//! rest of the deficit is spawned once no take came for `grow_after`, so
+//! those start-ups do not take the CPU from the burst's own sessions.
 //! Once the burst is older than that, idle children above the target that
 //! have been idle for `demand_hold` are stopped. Every spawn holds a live
 //! slot from the moment it starts, so `max_live` counts spawning children;
@@ -83,6 +86,8 @@ pub const MAX_PARALLEL_SPAWNS: usize = 16;
 pub const BURST_IDLE_PER_TARGET: usize = 32;
 /// Default of [`PoolConfig::demand_hold`].
 pub const DEMAND_HOLD: Duration = Duration::from_secs(30);
+/// Default of [`PoolConfig::grow_after`].
+pub const GROW_AFTER: Duration = Duration::from_secs(2);
 
 pub use demand::BURST_WINDOW;
 
@@ -114,6 +119,9 @@ pub struct PoolConfig {
     /// How long a burst keeps the idle target up, and how long an idle child
     /// above the target waits before it is stopped.
     pub demand_hold: Duration,
+    /// Beyond one idle child, refills wait until no take came for this long
+    /// (the burst is over).
+    pub grow_after: Duration,
     /// Children alive at once, all workers together.
     pub max_live: usize,
     pub spawn_backoff_initial: Duration,
@@ -138,6 +146,7 @@ impl Default for PoolConfig {
             min_idle: mcp.min_idle,
             burst_idle: BURST_IDLE_PER_TARGET,
             demand_hold: DEMAND_HOLD,
+            grow_after: GROW_AFTER,
             max_live: mcp.max_live,
             spawn_backoff_initial: Self::SPAWN_BACKOFF_INITIAL,
             spawn_backoff_max: Self::SPAWN_BACKOFF_MAX,
@@ -519,6 +528,15 @@ impl Pool {
         }
         let target = self.idle_target();
         self.trim_above(target);
+        // While takes keep coming, the burst's own start-ups get the CPU: the
+        // refill keeps one idle child at most (if min_idle asks for any), and
+        // spawns the rest once takes pause for grow_after.
+        let (min_idle, grow_after) = {
+            let c = self.cfg.borrow();
+            (c.min_idle, c.grow_after)
+        };
+        let quiet = self.demand.borrow().quiet_for(now) >= grow_after;
+        let target = if quiet { target } else { min_idle.min(1) };
         if let Some(t) = self.next_attempt.get() {
             if now < t {
                 return t - now;
@@ -528,7 +546,6 @@ impl Pool {
             let cfg = self.cfg.borrow();
             (cfg.max_live, cfg.max_line_bytes)
         };
-        let min_idle = self.cfg.borrow().min_idle;
         let deficit = target.saturating_sub(self.idle() + self.refilling.get());
         let room = MAX_PARALLEL_SPAWNS.saturating_sub(self.refilling.get());
         for _ in 0..deficit.min(room) {
@@ -548,7 +565,8 @@ impl Pool {
             self.refilling.set(self.refilling.get() + 1);
             monoio::spawn(land(self.clone(), slot, max_line_bytes));
         }
-        Duration::from_millis(if on_probation || self.refilling.get() > 0 {
+        let growing = !quiet && self.idle_target() > self.idle();
+        Duration::from_millis(if on_probation || growing || self.refilling.get() > 0 {
             PROBATION_CHECK_MS
         } else {
             IDLE_CHECK_MS

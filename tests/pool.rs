@@ -549,7 +549,9 @@ fn pool_keeps_min_idle_and_gives_live_count_back() {
         eventually("2 idle", Duration::from_secs(2), || pool.idle() == 2).await;
         assert_eq!(pool.live(), 2);
         let mut c = pool.take().await.unwrap();
-        eventually("refilled", Duration::from_secs(2), || pool.idle() == 2).await;
+        // Beyond one idle child, the refill waits for takes to pause
+        // (grow_after, 2 s by default).
+        eventually("refilled", Duration::from_secs(6), || pool.idle() == 2).await;
         assert_eq!(pool.live(), 3);
         c.send(b"hello").await.unwrap();
         assert_eq!(line(&mut c).await, "hello");
@@ -575,6 +577,7 @@ fn a_burst_grows_the_idle_stock_within_max_live_and_it_decays() {
         let cfg = PoolConfig {
             burst_idle: 4,
             demand_hold: Duration::from_millis(300),
+            grow_after: Duration::from_millis(50),
             ..pool_cfg(1, 10)
         };
         let pool = Pool::new(cat(), cfg, live.clone(), "burst".into());
@@ -625,6 +628,7 @@ fn release_surplus_stops_only_children_above_min_idle() {
         let live = Arc::new(AtomicUsize::new(0));
         let cfg = PoolConfig {
             burst_idle: 3,
+            grow_after: Duration::from_millis(50),
             ..pool_cfg(1, 8)
         };
         let pool = Pool::new(cat(), cfg, live.clone(), "surplus".into());

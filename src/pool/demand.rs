@@ -15,6 +15,7 @@ pub(super) struct Demand {
     recent: VecDeque<Instant>,
     peak: usize,
     peak_at: Option<Instant>,
+    last: Option<Instant>,
 }
 
 impl Demand {
@@ -32,6 +33,7 @@ impl Demand {
     pub fn took(&mut self, now: Instant) {
         self.prune(now);
         self.recent.push_back(now);
+        self.last = Some(now);
         if self.recent.len() >= self.peak {
             self.peak = self.recent.len();
             self.peak_at = Some(now);
@@ -50,6 +52,12 @@ impl Demand {
             self.peak_at = self.recent.back().copied();
         }
         self.peak
+    }
+
+    /// How long since the last take (forever if none).
+    pub fn quiet_for(&self, now: Instant) -> Duration {
+        self.last
+            .map_or(Duration::MAX, |t| now.saturating_duration_since(t))
     }
 
     /// Forgets past bursts (their idle children were needed elsewhere).
@@ -74,6 +82,12 @@ mod tests {
             d.took(t0 + Duration::from_millis(i));
         }
         assert_eq!(d.peak(t0 + Duration::from_millis(20), hold), 16);
+        let quiet = d.quiet_for(t0 + Duration::from_millis(1515));
+        assert_eq!(
+            quiet,
+            Duration::from_millis(1500),
+            "past the burst window too"
+        );
         // Takes spread out do not add up to a burst, nor lower the peak.
         for s in 2..6 {
             d.took(t0 + Duration::from_secs(s));
