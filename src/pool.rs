@@ -14,7 +14,9 @@
 //! deficit at once (at most [`MAX_PARALLEL_SPAWNS`] in flight). The target is
 //! `min_idle` (this pool's share of the target's `config.mcp.minIdle`), or
 //! more after a burst: the peak number of takes within a second
-//! ([`demand::BURST_WINDOW`]), held for `demand_hold`, up to `burst_idle`.
+//! ([`demand::BURST_WINDOW`]), held for `demand_hold`, up to `burst_idle`,
+//! once a take found neither an idle child nor a spawn under way to wait
+//! for (takes the stock keeps up with are no burst).
 //! While takes keep coming, the refill keeps at most one idle child; the
 //! rest of the deficit is spawned once no take came for `grow_after`, so
 //! those start-ups do not take the CPU from the burst's own sessions.
@@ -312,6 +314,8 @@ impl Pool {
             self.taken.set(self.taken.get() + 1);
             return Ok(child);
         }
+        // Takes outran the idle stock and the spawns under way: a burst.
+        self.demand.borrow_mut().missed(Instant::now());
         // A single failure may be a fluke (a child killed from outside): the
         // request still gets a spawn. Repeated ones mean the command is
         // broken, and forking for every request would only add load.

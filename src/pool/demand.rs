@@ -1,7 +1,8 @@
 //! Recent demand on a pool: how many children were taken in the last
 //! [`BURST_WINDOW`], and the peak of that count, held for `hold` after it was
-//! reached. The pool keeps that many idle children (within its cap), so a
-//! burst that once outran the idle stock finds it warm the next time.
+//! reached. It counts only while takes outrun the idle stock: once a take
+//! found no idle child, and for `hold` after. The pool keeps that many idle
+//! children (within its cap), so such a burst finds them warm the next time.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -16,6 +17,8 @@ pub(super) struct Demand {
     peak: usize,
     peak_at: Option<Instant>,
     last: Option<Instant>,
+    /// The last take that found no idle child.
+    missed_at: Option<Instant>,
 }
 
 impl Demand {
@@ -40,8 +43,14 @@ impl Demand {
         }
     }
 
+    /// A take at `now` found no idle child.
+    pub fn missed(&mut self, now: Instant) {
+        self.missed_at = Some(now);
+    }
+
     /// The peak burst of the last `hold`: once the peak is older than that,
-    /// it falls back to the takes of the last `BURST_WINDOW`.
+    /// it falls back to the takes of the last `BURST_WINDOW`. Zero unless a
+    /// take found no idle child within `hold`.
     pub fn peak(&mut self, now: Instant, hold: Duration) -> usize {
         self.prune(now);
         if self
@@ -51,7 +60,14 @@ impl Demand {
             self.peak = self.recent.len();
             self.peak_at = self.recent.back().copied();
         }
-        self.peak
+        let outran = self
+            .missed_at
+            .is_some_and(|t| now.saturating_duration_since(t) < hold);
+        if outran {
+            self.peak
+        } else {
+            0
+        }
     }
 
     /// How long since the last take (forever if none).
@@ -65,6 +81,7 @@ impl Demand {
         self.recent.clear();
         self.peak = 0;
         self.peak_at = None;
+        self.missed_at = None;
     }
 }
 
@@ -81,6 +98,9 @@ mod tests {
         for i in 0..16 {
             d.took(t0 + Duration::from_millis(i));
         }
+        // Takes the idle stock kept up with are no burst.
+        assert_eq!(d.peak(t0 + Duration::from_millis(20), hold), 0);
+        d.missed(t0 + Duration::from_millis(2));
         assert_eq!(d.peak(t0 + Duration::from_millis(20), hold), 16);
         let quiet = d.quiet_for(t0 + Duration::from_millis(1515));
         assert_eq!(
@@ -96,6 +116,7 @@ mod tests {
         // Quiet for `hold` after the peak: back to what the last second saw.
         assert_eq!(d.peak(t0 + Duration::from_secs(31), hold), 0);
         d.took(t0 + Duration::from_secs(32));
+        d.missed(t0 + Duration::from_secs(32));
         assert_eq!(d.peak(t0 + Duration::from_secs(32), hold), 1);
         d.forget();
         assert_eq!(d.peak(t0 + Duration::from_secs(32), hold), 0);
