@@ -15,8 +15,8 @@
 //! `min_idle` (this pool's share of the target's `config.mcp.minIdle`), or
 //! more after a burst: the peak number of takes within a second
 //! ([`demand::BURST_WINDOW`]), held for `demand_hold`, up to `burst_idle`,
-//! once a take found neither an idle child nor a spawn under way to wait
-//! for (takes the stock keeps up with are no burst).
+//! once a take found no idle child after the start-up fill (takes the
+//! stock keeps up with are no burst).
 //! While takes keep coming, the refill keeps at most one idle child; the
 //! rest of the deficit is spawned once no take came for `grow_after`, so
 //! those start-ups do not take the CPU from the burst's own sessions.
@@ -217,6 +217,8 @@ pub struct Pool {
     demand: RefCell<demand::Demand>,
     /// Stopped for being idle above the target.
     trimmed: Cell<u64>,
+    /// The idle stock reached `min_idle` once (the start-up fill is over).
+    warmed: Cell<bool>,
     started: Cell<bool>,
     shut: Cell<bool>,
     /// Where the idle count is published, and this pool's slot in it.
@@ -249,6 +251,7 @@ impl Pool {
             waiting: Cell::new(0),
             demand: RefCell::new(demand::Demand::default()),
             trimmed: Cell::new(0),
+            warmed: Cell::new(false),
             started: Cell::new(false),
             shut: Cell::new(false),
             board: RefCell::new(None),
@@ -294,8 +297,14 @@ impl Pool {
         }
         self.demand.borrow_mut().took(Instant::now());
         self.wake.notify();
+        let mut first = true;
         loop {
             let Some(child) = self.idle.borrow_mut().pop_front() else {
+                if std::mem::take(&mut first) && self.warmed.get() {
+                    // Takes outran the idle stock (not just the first fill
+                    // after start-up): a burst.
+                    self.demand.borrow_mut().missed(Instant::now());
+                }
                 if self.refilling.get() > self.waiting.get() && !self.shut.get() {
                     // A refill spawn is under way that no other take waits
                     // for: its child is no colder than a new one, and another
@@ -314,8 +323,6 @@ impl Pool {
             self.taken.set(self.taken.get() + 1);
             return Ok(child);
         }
-        // Takes outran the idle stock and the spawns under way: a burst.
-        self.demand.borrow_mut().missed(Instant::now());
         // A single failure may be a fluke (a child killed from outside): the
         // request still gets a spawn. Repeated ones mean the command is
         // broken, and forking for every request would only add load.
@@ -530,6 +537,9 @@ impl Pool {
             }
             self.idle.borrow_mut().push_back(c);
         }
+        if self.idle() >= self.cfg.borrow().min_idle {
+            self.warmed.set(true);
+        }
         let target = self.idle_target();
         self.trim_above(target);
         // While takes keep coming, the burst's own start-ups get the CPU: the
@@ -617,6 +627,9 @@ async fn land(pool: Rc<Pool>, slot: LiveSlot, max_line_bytes: usize) {
         }
         Ok(c) => {
             pool.idle.borrow_mut().push_back(c);
+            if pool.idle() >= pool.cfg.borrow().min_idle {
+                pool.warmed.set(true);
+            }
             pool.sync_board();
             true
         }
