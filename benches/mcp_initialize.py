@@ -8,8 +8,17 @@ for `npx` as the command. For each it opens and closes N sessions with raw
 HTTP and prints the median and spread of the initialize round trip, then the
 live child count after all sessions were closed.
 
+With `--burst`, it measures bursts instead (issue #16): N concurrent
+initializes (N = 1, 4, 16) against server-everything run by node, with two
+workers, each burst repeated `--rounds` times `--burst-settle` seconds apart; it
+prints p50 / p99 of the initialize round trip, and the most live children
+seen right after a burst. Configurations: `minIdle: 2` (what the old
+per-worker `minIdle: 1` kept with two workers) and `minIdle: 16` (a user
+expecting bursts of 16).
+
     cargo build --release && tests/peers/setup.sh
     python3 benches/mcp_initialize.py [--runs 7]
+    python3 benches/mcp_initialize.py --burst [--rounds 3]
 """
 
 import argparse
@@ -21,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,10 +46,10 @@ INIT = json.dumps({
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
-def start(min_idle, cmd, args):
+def start(min_idle, cmd, args, workers=1):
     cfg = f"""
 config:
-  workerThreads: 1
+  workerThreads: {workers}
   mcp: {{minIdle: {min_idle}, stopGrace: 500ms}}
 binds:
 - port: 0
@@ -68,7 +78,8 @@ binds:
     return proc, port, f.name
 
 
-def one_session(port):
+def open_session(port):
+    """initialize; (milliseconds, session id)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     t0 = time.perf_counter()
     c.request("POST", "/mcp", INIT, HEADERS)
@@ -79,10 +90,19 @@ def one_session(port):
     if r.status != 200 or b'"result"' not in body:
         raise RuntimeError(f"initialize failed: {r.status} {body[:200]!r}")
     c.close()
+    return ms, sid
+
+
+def close_session(port, sid):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     c.request("DELETE", "/mcp", headers={"Mcp-Session-Id": sid})
     c.getresponse().read()
     c.close()
+
+
+def one_session(port):
+    ms, sid = open_session(port)
+    close_session(port, sid)
     return ms
 
 
@@ -111,13 +131,60 @@ def measure(label, min_idle, cmd, args, runs, settle):
         os.unlink(cfg)
 
 
+def percentile(v, p):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+
+
+def burst(label, min_idle, n, rounds, settle):
+    proc, port, cfg = start(min_idle, "node", [SERVER_JS], workers=2)
+    try:
+        time.sleep(settle)  # let the warm pool fill
+        times, live_after, rounds_p50 = [], [], []
+        for _ in range(rounds):
+            out = [None] * n
+
+            def run(i):
+                out[i] = open_session(port)
+
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if any(o is None for o in out):
+                raise RuntimeError("an initialize failed")
+            times += [ms for ms, _ in out]
+            rounds_p50.append(round(statistics.median(ms for ms, _ in out)))
+            live_after.append(live_children(proc.pid))
+            for _, sid in out:
+                close_session(port, sid)
+            time.sleep(settle)  # sessions stopped, pool refilled
+        print(f"{label:<30} N={n:<3} p50 {percentile(times, 50):8.1f} ms   "
+              f"p99 {percentile(times, 99):8.1f} ms   "
+              f"p50 by round {rounds_p50}   live children after each burst: {live_after}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        os.unlink(cfg)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--settle", type=float, default=2.0, help="seconds between sessions")
+    ap.add_argument("--burst", action="store_true", help="concurrent initializes instead")
+    ap.add_argument("--rounds", type=int, default=3, help="bursts per configuration")
+    ap.add_argument("--burst-settle", type=float, default=10.0,
+                    help="seconds for the pool to (re)fill and its node children to start")
     a = ap.parse_args()
     if not os.path.exists(BIN) or not os.path.exists(SERVER_JS):
         sys.exit("build first: cargo build --release && tests/peers/setup.sh")
+    if a.burst:
+        for n in (1, 4, 16):
+            burst("minIdle 2 (old 1 per worker)", 2, n, a.rounds, a.burst_settle)
+        burst("minIdle 16", 16, 16, a.rounds, a.burst_settle)
+        return
     npx = ["--offline", "--prefix", PEERS, "mcp-server-everything"]
     warm_node = measure("node, warm pool", 1, "node", [SERVER_JS], a.runs, a.settle)
     cold_node = measure("node, cold spawn", 0, "node", [SERVER_JS], a.runs, a.settle)

@@ -63,7 +63,8 @@ pub const DEFAULT_MAX_IN_FLIGHT_PER_CHILD: usize = 32;
 pub struct McpSettings {
     /// A session with no request (and no open GET stream) for this long ends.
     pub session_idle_timeout: Duration,
-    /// Children spawned ahead of demand, per worker and MCP target.
+    /// Children spawned ahead of demand, per MCP target for the whole process
+    /// (the workers split them).
     pub min_idle: usize,
     /// Children alive at once, across all workers.
     pub max_live: usize,

@@ -13,12 +13,14 @@
 //! request's fate does not depend on the worker that accepted it. Inboxes
 //! are bounded ([`INBOX_DEPTH`] jobs): a full one is a 503 with Retry-After.
 //!
-//! Capacity is the process's, not a worker's: each pool publishes its idle
-//! count on the [`Hub`], and an `initialize` on a worker with no idle child
-//! goes to a worker that has one (the session then lives there, as its id
-//! says). At `maxLive`, the least recently used idle session (no request in
-//! flight, no open GET stream) of any worker is evicted to make room; the
-//! workers are asked over their inboxes which one holds it.
+//! Capacity is the process's, not a worker's: `minIdle` is split among the
+//! workers, each pool publishes its idle count on the [`Hub`], and an
+//! `initialize` on a worker with no idle child goes to a worker that has one
+//! (the session then lives there, as its id says). At `maxLive`, an idle
+//! child left by a burst is stopped, or else the least recently used idle
+//! session (no request in flight, no open GET stream) of any worker is
+//! evicted to make room; the workers are asked over their inboxes. See
+//! [`room`].
 //!
 //! - [`endpoint`]: POST / GET / DELETE checks and statuses
 //! - [`jsonrpc`]: classify client messages, peek at child lines
@@ -37,6 +39,7 @@ pub mod multiplex;
 pub mod multiplex_session;
 mod multiplex_worker;
 pub mod probe;
+mod room;
 pub mod session;
 mod session_id;
 pub mod shared;
@@ -53,8 +56,9 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::config::{Backend, Config, McpSettings};
-use crate::pool::{IdleBoard, Pool, PoolConfig, PoolError};
+use crate::pool::{IdleBoard, Pool, PoolError};
 use jsonrpc::Message;
+use room::Place;
 use session::Session;
 
 pub(crate) use job::{batch_refused, negotiated, post_reply};
@@ -72,16 +76,6 @@ pub const INBOX_DEPTH: usize = 1024;
 
 /// The refusal of an `initialize` at `maxLive` with nothing to evict.
 const NO_SERVER: &str = "no MCP server available";
-
-/// Where an `initialize` can get a child.
-enum Place {
-    /// An idle child here, or room to spawn one.
-    Here,
-    /// An idle child on that worker.
-    Worker(usize),
-    /// `maxLive` children live and none idle.
-    Full,
-}
 
 /// The inboxes of every worker, and the idle children of every pool, shared
 /// by all of them.
@@ -135,6 +129,8 @@ pub struct McpWorker {
     multi: RefCell<HashMap<Rc<str>, Rc<multiplex_session::MultiSession>>>,
     /// Every MCP backend of the config, by `McpBackend::key`.
     backends: RefCell<HashMap<String, crate::config::McpBackend>>,
+    /// Distinct targets of the config (they share `maxLive`).
+    target_count: std::cell::Cell<usize>,
     /// 2026-07-28 requests' shared children.
     pub shared: shared::Shared,
 }
@@ -170,6 +166,7 @@ impl McpWorker {
             evicted: std::cell::Cell::new(0),
             multi: RefCell::new(HashMap::new()),
             backends: RefCell::new(multiplex_worker::backend_map(config)),
+            target_count: std::cell::Cell::new(config.mcp_target_count()),
         });
         for m in targets(config) {
             let pool = me.new_pool(m);
@@ -178,19 +175,8 @@ impl McpWorker {
         me
     }
 
-    fn pool_config(&self) -> PoolConfig {
-        let s = self.settings.borrow();
-        PoolConfig {
-            min_idle: s.min_idle,
-            max_live: s.max_live,
-            max_line_bytes: s.max_line_bytes,
-            stop_grace: s.stop_grace,
-            ..PoolConfig::default()
-        }
-    }
-
     fn new_pool(&self, m: &crate::config::McpTarget) -> Rc<Pool> {
-        let cfg = self.pool_config();
+        let cfg = self.pool_config(&m.key());
         let mut env = m.env.clone();
         // A child's stdin is a socket, not a terminal, and npx then refuses to
         // fetch a package it has not cached unless told yes; the seed config
@@ -226,6 +212,7 @@ impl McpWorker {
     /// maxLive, line limit, stop grace) and to the idle sweep (TTL).
     pub fn reload(self: &Rc<Self>, config: &Config) {
         *self.settings.borrow_mut() = config.mcp.clone();
+        self.target_count.set(config.mcp_target_count());
         *self.backends.borrow_mut() = multiplex_worker::backend_map(config);
         let me = self.clone();
         monoio::spawn(async move {
@@ -233,9 +220,8 @@ impl McpWorker {
             me.end_multi(gone, "MCP target removed by reload").await
         });
         self.shared.reload(config);
-        let cfg = self.pool_config();
-        for p in self.pools.borrow().values() {
-            p.reconfigure(cfg.clone());
+        for (k, p) in self.pools.borrow().iter() {
+            p.reconfigure(self.pool_config(k));
         }
         let wanted: HashMap<String, &crate::config::McpTarget> =
             targets(config).map(|m| (m.key(), m)).collect();
@@ -332,6 +318,7 @@ impl McpWorker {
             }
             Op::OldestIdle => Reply::OldestIdle(self.lru_idle().map(|(t, _)| t)),
             Op::Evict => Reply::Evicted(self.evict_lru().await),
+            Op::ReleaseSurplus => Reply::Evicted(self.release_surplus().await),
             _ => self.answer(job).await,
         };
         let _ = reply_to.send(reply);
@@ -388,38 +375,9 @@ impl McpWorker {
                 self.remove(&session, "deleted by client");
                 Reply::Deleted
             }
-            Op::Initialize { .. } | Op::OldestIdle | Op::Evict => {
+            Op::Initialize { .. } | Op::OldestIdle | Op::Evict | Op::ReleaseSurplus => {
                 Reply::Status(500, "misrouted job")
             }
-        }
-    }
-
-    /// Where an `initialize` for `backend` can get a child now.
-    fn place(&self, backend: &str) -> Place {
-        let Some(pool) = self.pools.borrow().get(backend).cloned() else {
-            return Place::Here;
-        };
-        if pool.idle() > 0 {
-            return Place::Here;
-        }
-        let boards = self.boards.borrow();
-        let elsewhere = boards.get(backend).and_then(|b| {
-            let n = b.len();
-            // Start after this worker, so hand-offs spread.
-            (1..n)
-                .map(|i| (self.worker + i) % n)
-                .find(|w| b[*w].load(std::sync::atomic::Ordering::Acquire) > 0)
-        });
-        if let Some(w) = elsewhere {
-            return Place::Worker(w);
-        }
-        self.pool_waits.set(self.pool_waits.get() + 1);
-        // A child being spawned here (at start-up, after an eviction) counts
-        // as live already: take it when it lands.
-        if pool.spawning() || pool.live() < pool.config().max_live {
-            Place::Here
-        } else {
-            Place::Full
         }
     }
 
@@ -462,71 +420,6 @@ impl McpWorker {
         }
     }
 
-    /// This worker's least recently used idle session, and when it was
-    /// last active.
-    fn lru_idle(&self) -> Option<(Instant, Rc<Session>)> {
-        self.sessions
-            .borrow()
-            .values()
-            .filter(|s| !s.is_ended())
-            .filter_map(|s| s.idle_since().map(|t| (t, s.clone())))
-            .min_by_key(|(t, _)| *t)
-    }
-
-    /// Ends this worker's least recently used idle session and waits until
-    /// its child is gone (its live slot is then free). False if none is idle.
-    async fn evict_lru(&self) -> bool {
-        let Some((since, s)) = self.lru_idle() else {
-            return false;
-        };
-        self.sessions.borrow_mut().remove(&s.id);
-        self.evicted.set(self.evicted.get() + 1);
-        info!(
-            session = &*s.id,
-            idle_ms = since.elapsed().as_millis() as u64,
-            "session evicted"
-        );
-        s.end("evicted to make room for a new session");
-        let grace = self.settings.borrow().stop_grace;
-        let status = s.handle().stop(grace).await;
-        info!(session = &*s.id, ?status, "MCP server stopped");
-        true
-    }
-
-    /// At `maxLive`: evicts the least recently used idle session of all
-    /// workers. Each worker names its own oldest; the oldest of those is
-    /// evicted (or, if it became busy meanwhile, the next).
-    async fn make_room(self: &Rc<Self>) -> bool {
-        let mut oldest: Vec<(Instant, usize)> = Vec::new();
-        if let Some((t, _)) = self.lru_idle() {
-            oldest.push((t, self.worker));
-        }
-        for w in (0..self.hub.inboxes.len()).filter(|w| *w != self.worker) {
-            if let Some(Reply::OldestIdle(Some(t))) = self.ask(w, Op::OldestIdle, "", "").await {
-                oldest.push((t, w));
-            }
-        }
-        oldest.sort();
-        for (_, w) in oldest {
-            let done = if w == self.worker {
-                self.evict_lru().await
-            } else {
-                matches!(
-                    self.ask(w, Op::Evict, "", "").await,
-                    Some(Reply::Evicted(true))
-                )
-            };
-            if done {
-                // The evicted child frees its slot once it has exited.
-                let s = self.settings.borrow().clone();
-                let limit = 2 * s.stop_grace + Duration::from_secs(1);
-                session_id::wait_below(&self.live, s.max_live, limit).await;
-                return true;
-            }
-        }
-        false
-    }
-
     /// Creates a session on this worker, with an idle child or a new one.
     async fn create(
         self: &Rc<Self>,
@@ -534,6 +427,9 @@ impl McpWorker {
         identity: String,
         messages: Vec<Message>,
     ) -> Result<(String, flume::Receiver<Vec<u8>>), Reply> {
+        if let Some(b) = self.multiplexed(&backend) {
+            return self.create_multi(b, backend, identity, messages).await;
+        }
         match self.take_child(&backend).await {
             Ok(child) => self.start_session(child, backend, identity, messages),
             Err(_) => Err(Reply::Status(503, NO_SERVER)),
@@ -691,8 +587,8 @@ impl McpWorker {
 
     /// Sessions and pool figures for a metrics snapshot.
     pub fn fill_snapshot(&self, snap: &mut crate::stats::Snapshot) {
-        // Multiplexed sessions count, but are not evicted (not "idle" here).
-        snap.sessions = self.sessions.borrow().len() as u64 + self.multi_counts().0;
+        let (multi, multi_idle) = self.multi_counts();
+        snap.sessions = self.sessions.borrow().len() as u64 + multi;
         snap.pool_waits = self.pool_waits.get();
         snap.sessions_evicted = self.evicted.get();
         snap.idle_sessions = self
@@ -700,7 +596,8 @@ impl McpWorker {
             .borrow()
             .values()
             .filter(|s| s.idle_since().is_some())
-            .count() as u64;
+            .count() as u64
+            + multi_idle;
         for p in self.pools.borrow().values() {
             let st = p.stats();
             snap.pools.push(crate::stats::PoolFigures {

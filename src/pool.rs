@@ -10,7 +10,26 @@
 //! the pools of the same target on every worker, so a worker without an
 //! idle child can find one that has (see `mcp::McpWorker::initialize`).
 //!
-//! A refill task keeps `min_idle` children ready. Spawn failures (command not
+//! A refill task keeps the pool's idle target ready, spawning the whole
+//! deficit at once (at most [`MAX_PARALLEL_SPAWNS`] in flight). The target is
+//! `min_idle` (this pool's share of the target's `config.mcp.minIdle`), or
+//! more after a burst: the peak number of takes within a second
+//! ([`demand::BURST_WINDOW`]), held for `demand_hold`, up to `burst_idle`,
+//! once a take found no idle child after the start-up fill (takes the
+//! stock keeps up with are no burst).
+//! While takes keep coming, the refill keeps at most one idle child; the
+//! rest of the deficit is spawned once no take came for `grow_after`, so
+//! those start-ups do not take the CPU from the burst's own sessions.
+//! Once the burst is older than that, idle children above the target that
+//! have been idle for `demand_hold` are stopped. Every spawn holds a live
+//! slot from the moment it starts, so `max_live` counts spawning children;
+//! spawns above `min_idle` leave [`burst_reserve`] slots free.
+//!
+//! A `take` that finds no idle child waits for a spawn already in flight
+//! that no other `take` is waiting for; only when there is none does it
+//! spawn its own, so the takes of a burst start their spawns together.
+//!
+//! Spawn failures (command not
 //! found, or children that die before [`HEALTHY_AFTER_MS`]) back off
 //! exponentially and are logged once per step; while backing off after
 //! repeated failures, `take` refuses with [`PoolError::Backoff`] instead of
@@ -21,6 +40,7 @@
 //! - `reaper`: the process thread that forks and reaps every child
 
 pub mod child;
+mod demand;
 mod reader;
 mod reaper;
 mod stderr;
@@ -60,6 +80,32 @@ pub const IDLE_CHECK_MS: u64 = 1000;
 /// Faster tick while an idle child is younger than `HEALTHY_AFTER_MS`, so a
 /// command that exits at once is noticed (and backed off) quickly.
 pub const PROBATION_CHECK_MS: u64 = 100;
+/// Refill spawns of one pool in flight at once.
+pub const MAX_PARALLEL_SPAWNS: usize = 16;
+/// Default of [`PoolConfig::burst_idle`]: the most idle children a burst can
+/// make one target keep, all workers together (and never more than
+/// `maxLive` divided among the targets).
+pub const BURST_IDLE_PER_TARGET: usize = 32;
+/// Default of [`PoolConfig::demand_hold`].
+pub const DEMAND_HOLD: Duration = Duration::from_secs(30);
+/// Default of [`PoolConfig::grow_after`].
+pub const GROW_AFTER: Duration = Duration::from_secs(2);
+
+pub use demand::BURST_WINDOW;
+
+/// Live slots that idle children above `min_idle` never take: a quarter of
+/// `max_live`, rounded up, so sessions keep room when a burst has passed.
+pub fn burst_reserve(max_live: usize) -> usize {
+    max_live.div_ceil(4)
+}
+
+/// This worker's share of `total` split over `workers`: the floor, plus one
+/// for the first `total % workers` slots. `slot` is this worker's index,
+/// rotated per target so the remainders of several targets spread out.
+pub fn share(total: usize, workers: usize, slot: usize) -> usize {
+    let workers = workers.max(1);
+    total / workers + usize::from(slot % workers < total % workers)
+}
 
 /// Idle children of one target, one slot per worker; each worker's pool
 /// writes only its own slot.
@@ -67,8 +113,17 @@ pub type IdleBoard = Arc<[AtomicUsize]>;
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    /// Children kept spawned and unused, per worker.
+    /// Children kept spawned and unused by this pool (its share of the
+    /// process-wide `minIdle`).
     pub min_idle: usize,
+    /// The most idle children recent demand can make this pool keep.
+    pub burst_idle: usize,
+    /// How long a burst keeps the idle target up, and how long an idle child
+    /// above the target waits before it is stopped.
+    pub demand_hold: Duration,
+    /// Beyond one idle child, refills wait until no take came for this long
+    /// (the burst is over).
+    pub grow_after: Duration,
     /// Children alive at once, all workers together.
     pub max_live: usize,
     pub spawn_backoff_initial: Duration,
@@ -91,6 +146,9 @@ impl Default for PoolConfig {
         let mcp = crate::config::McpSettings::default();
         PoolConfig {
             min_idle: mcp.min_idle,
+            burst_idle: BURST_IDLE_PER_TARGET,
+            demand_hold: DEMAND_HOLD,
+            grow_after: GROW_AFTER,
             max_live: mcp.max_live,
             spawn_backoff_initial: Self::SPAWN_BACKOFF_INITIAL,
             spawn_backoff_max: Self::SPAWN_BACKOFF_MAX,
@@ -151,10 +209,16 @@ pub struct Pool {
     /// No spawn before this.
     next_attempt: Cell<Option<Instant>>,
     wake: Rc<Notify>,
-    /// Refill spawns under way (spawning runs on the process thread), and
-    /// the tasks in `take` waiting for one of them to land.
+    /// Refill spawns under way (spawning runs on the process thread), the
+    /// tasks in `take` waiting for one of them to land, and how many wait.
     refilling: Cell<usize>,
     landed: RefCell<Vec<Waker>>,
+    waiting: Cell<usize>,
+    demand: RefCell<demand::Demand>,
+    /// Stopped for being idle above the target.
+    trimmed: Cell<u64>,
+    /// The idle stock reached `min_idle` once (the start-up fill is over).
+    warmed: Cell<bool>,
     started: Cell<bool>,
     shut: Cell<bool>,
     /// Where the idle count is published, and this pool's slot in it.
@@ -184,6 +248,10 @@ impl Pool {
             wake: Rc::new(Notify::default()),
             refilling: Cell::new(0),
             landed: RefCell::new(Vec::new()),
+            waiting: Cell::new(0),
+            demand: RefCell::new(demand::Demand::default()),
+            trimmed: Cell::new(0),
+            warmed: Cell::new(false),
             started: Cell::new(false),
             shut: Cell::new(false),
             board: RefCell::new(None),
@@ -227,14 +295,23 @@ impl Pool {
         if self.shut.get() {
             return Err(PoolError::ShutDown);
         }
+        self.demand.borrow_mut().took(Instant::now());
         self.wake.notify();
+        let mut first = true;
         loop {
             let Some(child) = self.idle.borrow_mut().pop_front() else {
-                if self.refilling.get() > 0 && !self.shut.get() {
-                    // A refill spawn is under way: its child is no colder
-                    // than a new one, and another would count against
-                    // max_live.
+                if std::mem::take(&mut first) && self.warmed.get() {
+                    // Takes outran the idle stock (not just the first fill
+                    // after start-up): a burst.
+                    self.demand.borrow_mut().missed(Instant::now());
+                }
+                if self.refilling.get() > self.waiting.get() && !self.shut.get() {
+                    // A refill spawn is under way that no other take waits
+                    // for: its child is no colder than a new one, and another
+                    // would count against max_live.
+                    self.waiting.set(self.waiting.get() + 1);
                     self.refill_landed().await;
+                    self.waiting.set(self.waiting.get() - 1);
                     continue;
                 }
                 break;
@@ -282,12 +359,48 @@ impl Pool {
         self.idle.borrow().len()
     }
 
+    /// How many idle children the refill keeps now: `min_idle`, or the
+    /// recent peak of takes up to `burst_idle`.
+    pub fn idle_target(&self) -> usize {
+        let (min, cap, hold) = {
+            let c = self.cfg.borrow();
+            (c.min_idle, c.burst_idle, c.demand_hold)
+        };
+        let peak = self.demand.borrow_mut().peak(Instant::now(), hold);
+        min.max(peak.min(cap))
+    }
+
+    /// Idle children above `min_idle` that were stopped: for being idle for
+    /// `demand_hold` after a burst, or to make room at `max_live`.
+    pub fn trimmed(&self) -> u64 {
+        self.trimmed.get()
+    }
+
+    /// At `max_live`: stops one idle child above `min_idle`, if there is one,
+    /// so its slot can serve a session (of any target), and forgets the
+    /// burst that made the pool keep it. Waits until it is gone.
+    pub async fn release_surplus(&self) -> bool {
+        let min = self.cfg.borrow().min_idle;
+        if self.idle() <= min {
+            return false;
+        }
+        let Some(c) = self.idle.borrow_mut().pop_back() else {
+            return false;
+        };
+        self.demand.borrow_mut().forget();
+        self.trimmed.set(self.trimmed.get() + 1);
+        self.sync_board();
+        let grace = self.cfg.borrow().stop_grace;
+        c.stop(grace).await;
+        true
+    }
+
     pub fn config(&self) -> PoolConfig {
         self.cfg.borrow().clone()
     }
 
     /// Applies reloaded settings: the next refill keeps the new `min_idle`
-    /// (extra idle children are kept until taken), the next spawn obeys the
+    /// (extra idle children are stopped as after a burst), the next spawn obeys the
     /// new `max_live`, and new children get the new line limit.
     pub fn reconfigure(&self, cfg: PoolConfig) {
         *self.cfg.borrow_mut() = cfg;
@@ -334,6 +447,10 @@ impl Pool {
         };
         let slot =
             LiveSlot::try_acquire(&self.live, max_live).ok_or(PoolError::Exhausted { max_live })?;
+        self.spawn_with(slot, max_line_bytes).await
+    }
+
+    async fn spawn_with(&self, slot: LiveSlot, max_line_bytes: usize) -> Result<Child, PoolError> {
         let opts = SpawnOptions {
             max_line_bytes,
             backend: self.label.clone(),
@@ -400,8 +517,10 @@ impl Pool {
             retry_in_ms = delay.as_millis() as u64, "child spawn failed: {why}; backing off");
     }
 
-    /// One refill pass; returns how long to sleep unless woken.
-    async fn refill(&self, now: Instant) -> Duration {
+    /// One refill pass; returns how long to sleep unless woken. Starts the
+    /// spawns of the whole deficit at once; each lands on its own
+    /// ([`land`]) and wakes the loop for another pass.
+    fn refill(self: &Rc<Self>, now: Instant) -> Duration {
         let mut on_probation = false;
         let idle: Vec<Child> = self.idle.borrow_mut().drain(..).collect();
         for c in idle {
@@ -418,41 +537,110 @@ impl Pool {
             }
             self.idle.borrow_mut().push_back(c);
         }
+        if self.idle() >= self.cfg.borrow().min_idle {
+            self.warmed.set(true);
+        }
+        let target = self.idle_target();
+        self.trim_above(target);
+        // While takes keep coming, the burst's own start-ups get the CPU: the
+        // refill keeps one idle child at most (if min_idle asks for any), and
+        // spawns the rest once takes pause for grow_after.
+        let (min_idle, grow_after) = {
+            let c = self.cfg.borrow();
+            (c.min_idle, c.grow_after)
+        };
+        let quiet = self.demand.borrow().quiet_for(now) >= grow_after;
+        let target = if quiet { target } else { min_idle.min(1) };
         if let Some(t) = self.next_attempt.get() {
             if now < t {
                 return t - now;
             }
         }
-        while self.idle() < self.cfg.borrow().min_idle {
+        let (max_live, max_line_bytes) = {
+            let cfg = self.cfg.borrow();
+            (cfg.max_live, cfg.max_line_bytes)
+        };
+        let deficit = target.saturating_sub(self.idle() + self.refilling.get());
+        let room = MAX_PARALLEL_SPAWNS.saturating_sub(self.refilling.get());
+        for _ in 0..deficit.min(room) {
+            // Children above min_idle leave the last quarter of max_live to
+            // sessions (of any target).
+            let surplus = self.idle() + self.refilling.get() >= min_idle;
+            let cap = if surplus {
+                max_live - burst_reserve(max_live)
+            } else {
+                max_live
+            };
+            // The slot first: a spawn that could not count against max_live
+            // is not started (the next tick tries again).
+            let Some(slot) = LiveSlot::try_acquire(&self.live, cap) else {
+                break;
+            };
             self.refilling.set(self.refilling.get() + 1);
-            let spawned = self.spawn_one().await;
-            self.refilling.set(self.refilling.get() - 1);
-            for w in self.landed.borrow_mut().drain(..) {
-                w.wake();
-            }
-            match spawned {
-                Ok(c) if self.shut.get() => {
-                    // Shut down while it was being spawned.
-                    let grace = self.cfg.borrow().stop_grace;
-                    c.stop(grace).await;
-                    break;
-                }
-                Ok(c) => {
-                    on_probation = true;
-                    self.idle.borrow_mut().push_back(c);
-                }
-                Err(PoolError::Exhausted { .. }) => break,
-                Err(_) => {
-                    let t = self.next_attempt.get().unwrap_or(now);
-                    return t.saturating_duration_since(Instant::now());
-                }
-            }
+            monoio::spawn(land(self.clone(), slot, max_line_bytes));
         }
-        Duration::from_millis(if on_probation {
+        let growing = !quiet && self.idle_target() > self.idle();
+        Duration::from_millis(if on_probation || growing || self.refilling.get() > 0 {
             PROBATION_CHECK_MS
         } else {
             IDLE_CHECK_MS
         })
+    }
+
+    /// Stops idle children above `target` that have been idle (unused since
+    /// their spawn) for `demand_hold`: what a burst left behind.
+    fn trim_above(&self, target: usize) {
+        let (hold, grace) = {
+            let c = self.cfg.borrow();
+            (c.demand_hold, c.stop_grace)
+        };
+        while self.idle() > target {
+            // The oldest idle child goes first.
+            let old = self
+                .idle
+                .borrow()
+                .front()
+                .is_some_and(|c| c.handle().age() >= hold);
+            if !old {
+                break;
+            }
+            let Some(c) = self.idle.borrow_mut().pop_front() else {
+                break;
+            };
+            self.trimmed.set(self.trimmed.get() + 1);
+            tracing::debug!(target: "child", backend = %self.label, pid = c.pid(), "idle child above the pool's target stopped");
+            monoio::spawn(async move { c.stop(grace).await });
+        }
+    }
+}
+
+/// One refill spawn: its child joins the idle list (or is stopped if the pool
+/// shut down meanwhile); waiting takes and the refill loop are woken.
+async fn land(pool: Rc<Pool>, slot: LiveSlot, max_line_bytes: usize) {
+    let spawned = pool.spawn_with(slot, max_line_bytes).await;
+    pool.refilling.set(pool.refilling.get() - 1);
+    let again = match spawned {
+        Ok(c) if pool.shut.get() => {
+            let grace = pool.cfg.borrow().stop_grace;
+            monoio::spawn(async move { c.stop(grace).await });
+            false
+        }
+        Ok(c) => {
+            pool.idle.borrow_mut().push_back(c);
+            if pool.idle() >= pool.cfg.borrow().min_idle {
+                pool.warmed.set(true);
+            }
+            pool.sync_board();
+            true
+        }
+        // The failure set the backoff: the loop's next pass waits it out.
+        Err(_) => true,
+    };
+    for w in pool.landed.borrow_mut().drain(..) {
+        w.wake();
+    }
+    if again {
+        pool.wake.notify();
     }
 }
 
@@ -466,7 +654,7 @@ async fn refill_loop(pool: Weak<Pool>, wake: Rc<Notify>) {
             if pool.shut.get() {
                 return;
             }
-            let pause = pool.refill(Instant::now()).await;
+            let pause = pool.refill(Instant::now());
             pool.sync_board();
             pause
         };
@@ -500,5 +688,25 @@ impl Notify {
             }
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_idle_is_split_among_workers_and_reserve_rounds_up() {
+        let shares = |total, workers, offset| -> Vec<usize> {
+            (0..workers)
+                .map(|w| share(total, workers, w + offset))
+                .collect()
+        };
+        assert_eq!(shares(5, 2, 0), [3, 2]);
+        assert_eq!(shares(1, 4, 0), [1, 0, 0, 0]);
+        assert_eq!(shares(1, 4, 2), [0, 0, 1, 0], "rotated per target");
+        assert_eq!(shares(8, 3, 1).iter().sum::<usize>(), 8);
+        assert_eq!(shares(0, 2, 0), [0, 0]);
+        assert_eq!((burst_reserve(2), burst_reserve(64)), (1, 16));
     }
 }

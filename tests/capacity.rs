@@ -1,11 +1,14 @@
 //! Capacity across workers: an `initialize` takes an idle child wherever it
-//! is, an abandoned idle session makes room at `maxLive`, readiness says
-//! whether a session can be taken, and a config whose idle children could
-//! never fit in `maxLive` is refused at start-up.
+//! is, an abandoned idle session (single-target or multiplexed) makes room at
+//! `maxLive`, a burst of initializes is served without ever passing
+//! `maxLive`, readiness says whether a session can be taken, and a config
+//! whose idle children could never fit in `maxLive` is refused at start-up.
 
 mod support;
 
 use std::collections::HashSet;
+use std::io::BufReader;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -61,9 +64,10 @@ fn owner(sid: &str) -> String {
 
 #[test]
 fn an_initialize_takes_the_idle_child_of_another_worker() {
-    // One idle child per worker, and no room for a third child: a worker
-    // that gave out its own idle child must use the other worker's.
-    let p = Proxy::start(&yaml("minIdle: 1, maxLive: 2"), &["--threads", "2"]);
+    // Two idle children for the process, one per worker, and no room for a
+    // third child: a worker that gave out its own idle child must use the
+    // other worker's.
+    let p = Proxy::start(&yaml("minIdle: 2, maxLive: 2"), &["--threads", "2"]);
     let ready = p.readiness.expect("readiness listener");
     for round in 0..12 {
         eventually("both workers hold an idle child", || {
@@ -172,7 +176,9 @@ fn at_max_live_the_least_recently_used_idle_session_makes_room() {
 fn idle_children_that_cannot_fit_in_max_live_are_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
-    std::fs::write(&path, yaml("minIdle: 1, maxLive: 2")).unwrap();
+    // minIdle is per target for the whole process: 3 idle children cannot
+    // fit in 2, whatever the number of workers.
+    std::fs::write(&path, yaml("minIdle: 3, maxLive: 2")).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"))
         .arg("-f")
         .arg(&path)
@@ -206,4 +212,193 @@ fn idle_children_that_cannot_fit_in_max_live_are_refused_at_start() {
         .filter(|l| l.contains("worker started"))
         .collect();
     assert!(workers.is_empty(), "no worker ran: {err}");
+}
+
+/// server-everything (node) as targets `a` and `b` of a multiplexed route on
+/// /multi, and as the single target `a` of /one (the same target, so the
+/// same pools).
+fn everything_yaml(mcp: &str) -> String {
+    let js = server_js();
+    let t = |name: &str| format!("{{name: {name}, stdio: {{cmd: node, args: [{js:?}]}}}}");
+    format!(
+        "config:\n  mcp: {{stopGrace: 300ms, {mcp}}}\nbinds:\n- port: 0\n  address: 127.0.0.1\n  listeners:\n  - routes:\n    - name: multi\n      matches: [{{path: {{exact: /multi}}}}]\n      backends: [{{mcp: {{targets: [{}, {}]}}}}]\n    - name: one\n      matches: [{{path: {{exact: /one}}}}]\n      backends: [{{mcp: {{targets: [{}]}}}}]\n",
+        t("a"),
+        t("b"),
+        t("a")
+    )
+}
+
+fn echo(p: &Proxy, path: &str, sid: &str, id: u64, tool: &str, msg: &str) -> Resp {
+    call(p, ALICE, path, sid, id, tool, json!({ "message": msg }))
+}
+
+#[test]
+fn at_max_live_an_idle_multiplexed_session_is_evicted() {
+    let p = Proxy::start(
+        &everything_yaml("minIdle: 0, maxLive: 2"),
+        &["--threads", "2"],
+    );
+    let first = initialize(&p, ALICE, "/multi");
+    let r = echo(&p, "/multi", &first, 2, "a_echo", "one");
+    assert_eq!(
+        answer_text(&r, 2).as_deref(),
+        Some("Echo: one"),
+        "{}",
+        r.text()
+    );
+    // Both children of the idle multiplexed session are needed for the next.
+    let second = initialize(&p, ALICE, "/multi");
+    let evicted = p
+        .wait_log(|l| l.contains("session evicted"))
+        .expect("eviction logged");
+    assert!(evicted.contains(&first), "{evicted}");
+    assert_eq!(echo(&p, "/multi", &first, 3, "a_echo", "x").status, 404);
+    let r = echo(&p, "/multi", &second, 3, "b_echo", "two");
+    assert_eq!(
+        answer_text(&r, 3).as_deref(),
+        Some("Echo: two"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(metric(&p, "ringgate_mcp_sessions_evicted_total"), 1.0);
+
+    // A single-target session of target `a` makes room the same way.
+    let third = initialize(&p, ALICE, "/one");
+    assert!(
+        p.wait_log_nth(1, |l| l.contains("session evicted"))
+            .is_some_and(|l| l.contains(&second)),
+        "the idle multiplexed session made room"
+    );
+    assert_eq!(echo(&p, "/multi", &second, 4, "b_echo", "x").status, 404);
+    let r = echo(&p, "/one", &third, 4, "echo", "three");
+    assert_eq!(
+        answer_text(&r, 4).as_deref(),
+        Some("Echo: three"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(metric(&p, "ringgate_mcp_sessions_evicted_total"), 2.0);
+    assert!(metric(&p, "ringgate_children_live") <= 2.0);
+}
+
+#[test]
+fn a_burst_of_initializes_all_succeed_within_max_live() {
+    const BURST: usize = 16;
+    // The sixteen sessions, and the idle children of both targets (two
+    // each) that are kept while the burst runs: no room to spare, and
+    // nothing idle to evict for a session still initializing.
+    const MAX_LIVE: usize = 20;
+    let p = Proxy::start(
+        &everything_yaml(&format!("minIdle: 2, maxLive: {MAX_LIVE}")),
+        &["--threads", "2"],
+    );
+    // Two idle children for each of the targets `a` and `b`.
+    eventually("the idle children are up", || {
+        metric(&p, "ringgate_children_idle") == 4.0
+    });
+    let stats = p.stats.expect("stats listener");
+    let pid = p.pid();
+    let done = AtomicBool::new(false);
+    let (peak_metric, peak_procs, samples) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
+    let sids: Vec<String> = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            // Until every initialize answered, and at least once.
+            loop {
+                let finished = done.load(Ordering::Acquire);
+                let (_, text) = admin_get(stats, "/metrics");
+                let live = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("ringgate_children_live "))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .expect("ringgate_children_live") as usize;
+                peak_metric.fetch_max(live, Ordering::AcqRel);
+                peak_procs.fetch_max(children_of(pid).len(), Ordering::AcqRel);
+                samples.fetch_add(1, Ordering::AcqRel);
+                if finished {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let clients: Vec<_> = (0..BURST)
+            .map(|_| {
+                scope.spawn(|| {
+                    let bytes = post_bytes("/one", None, &init_body("2025-06-18"));
+                    let s = send_from(ALICE, &p, bytes.as_bytes());
+                    // Sixteen cold node start-ups on a shared machine: more
+                    // than the harness's usual bound, never a timing claim.
+                    s.set_read_timeout(Some(6 * WAIT)).unwrap();
+                    s.shutdown(std::net::Shutdown::Write).unwrap();
+                    let r = read_response(&mut BufReader::new(s)).expect("a response");
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    let events = r.events();
+                    assert!(
+                        events[0]["result"]["serverInfo"]["name"].is_string(),
+                        "{events:?}"
+                    );
+                    r.header("mcp-session-id").expect("session id").to_string()
+                })
+            })
+            .collect();
+        let joined: Vec<_> = clients.into_iter().map(|c| c.join()).collect();
+        // The sampler stops whatever the clients got.
+        done.store(true, Ordering::Release);
+        joined.into_iter().map(|j| j.unwrap()).collect()
+    });
+    assert_eq!(sids.iter().collect::<HashSet<_>>().len(), BURST);
+    assert!(samples.load(Ordering::Acquire) > 1);
+    let (m, procs) = (peak_metric.into_inner(), peak_procs.into_inner());
+    assert!(m <= MAX_LIVE, "ringgate_children_live reached {m}");
+    assert!(procs <= MAX_LIVE, "{procs} child processes");
+    // Every session is served by its own child.
+    for (i, sid) in sids.iter().enumerate() {
+        let id = 10 + i as u64;
+        let r = echo(&p, "/one", sid, id, "echo", &format!("s{i}"));
+        assert_eq!(
+            answer_text(&r, id),
+            Some(format!("Echo: s{i}")),
+            "{}",
+            r.text()
+        );
+    }
+    for sid in &sids {
+        assert_eq!(delete(&p, ALICE, "/one", sid).status, 200);
+    }
+}
+
+#[test]
+fn a_multiplexed_initialize_takes_the_idle_children_of_another_worker() {
+    // One idle child of each target per worker, and no room for more: a
+    // worker that gave out its own must hand the session to the other.
+    let p = Proxy::start(
+        &everything_yaml("minIdle: 2, maxLive: 4"),
+        &["--threads", "2"],
+    );
+    for round in 0..12 {
+        eventually("both workers hold idle children of a and b", || {
+            metric(&p, "ringgate_children_idle") == 4.0
+        });
+        let a = initialize(&p, ALICE, "/multi");
+        let b = initialize(&p, ALICE, "/multi");
+        let (wa, wb) = (accepted_by(&p, &a), accepted_by(&p, &b));
+        if wa == wb {
+            assert_eq!(owner(&a), wa);
+            assert_ne!(owner(&b), wb, "round {round}");
+            for (i, sid) in [&a, &b].into_iter().enumerate() {
+                let id = 10 + i as u64;
+                let r = echo(&p, "/multi", sid, id, "b_echo", &format!("m{i}"));
+                assert_eq!(answer_text(&r, id), Some(format!("Echo: m{i}")));
+            }
+            assert_eq!(metric(&p, "ringgate_mcp_sessions_evicted_total"), 0.0);
+            return;
+        }
+        for sid in [&a, &b] {
+            assert_eq!(delete(&p, ALICE, "/multi", sid).status, 200);
+        }
+    }
+    panic!("two initializes never arrived on the same worker");
 }

@@ -248,7 +248,7 @@ fn sighup_applies_a_new_request_timeout_to_new_sessions() {
     use support::mcp as m;
     let yaml = |timeout: &str| {
         format!(
-            "config:\n  mcp: {{minIdle: 1, stopGrace: 300ms, requestTimeout: {timeout}}}\nbinds:\n- port: 0\n  address: 127.0.0.1\n  listeners:\n  - routes:\n{}",
+            "config:\n  mcp: {{minIdle: 2, stopGrace: 300ms, requestTimeout: {timeout}}}\nbinds:\n- port: 0\n  address: 127.0.0.1\n  listeners:\n  - routes:\n{}",
             m::mcp_route("fault", "/fault", "python3", &[&m::fault_script(), "hang"])
         )
     };

@@ -549,7 +549,9 @@ fn pool_keeps_min_idle_and_gives_live_count_back() {
         eventually("2 idle", Duration::from_secs(2), || pool.idle() == 2).await;
         assert_eq!(pool.live(), 2);
         let mut c = pool.take().await.unwrap();
-        eventually("refilled", Duration::from_secs(2), || pool.idle() == 2).await;
+        // Beyond one idle child, the refill waits for takes to pause
+        // (grow_after, 2 s by default).
+        eventually("refilled", Duration::from_secs(6), || pool.idle() == 2).await;
         assert_eq!(pool.live(), 3);
         c.send(b"hello").await.unwrap();
         assert_eq!(line(&mut c).await, "hello");
@@ -565,6 +567,88 @@ fn pool_keeps_min_idle_and_gives_live_count_back() {
             "{s:?}"
         );
         assert!(matches!(pool.take().await, Err(PoolError::ShutDown)));
+    });
+}
+
+#[test]
+fn a_burst_grows_the_idle_stock_within_max_live_and_it_decays() {
+    both(|_| async {
+        let live = Arc::new(AtomicUsize::new(0));
+        let cfg = PoolConfig {
+            burst_idle: 4,
+            demand_hold: Duration::from_millis(300),
+            grow_after: Duration::from_millis(50),
+            ..pool_cfg(1, 10)
+        };
+        let pool = Pool::new(cat(), cfg, live.clone(), "burst".into());
+        pool.start();
+        eventually("1 idle", Duration::from_secs(2), || pool.idle() == 1).await;
+        assert_eq!(pool.idle_target(), 1);
+        // Four takes at once: one idle child, three spawned on demand.
+        let takes: Vec<_> = (0..4)
+            .map(|_| {
+                let p = pool.clone();
+                monoio::spawn(async move { p.take().await })
+            })
+            .collect();
+        let mut taken = Vec::new();
+        for t in takes {
+            taken.push(t.await.unwrap());
+        }
+        assert_eq!(pool.idle_target(), 4, "the burst sets the idle target");
+        // The refill wants four idle children, but those above min_idle
+        // leave a quarter of max_live (3 of 10) free: with four taken, only
+        // three are spawned. Spawning children count.
+        eventually("refilled up to the reserve", Duration::from_secs(2), || {
+            assert!(pool.live() <= 7, "{} live", pool.live());
+            pool.idle() == 3
+        })
+        .await;
+        assert_eq!(pool.live(), 7);
+        for c in taken {
+            c.stop(GRACE).await;
+        }
+        // Room again: the fourth idle child; then, once the burst is older
+        // than demand_hold, the surplus is stopped down to min_idle.
+        eventually("back to min_idle", Duration::from_secs(3), || {
+            assert!(pool.live() <= 4, "{} live", pool.live());
+            pool.idle() == 1 && pool.live() == 1
+        })
+        .await;
+        assert!(pool.trimmed() >= 3, "{}", pool.trimmed());
+        assert_eq!(pool.idle_target(), 1);
+        pool.shutdown().await;
+        assert_eq!(pool.live(), 0);
+    });
+}
+
+#[test]
+fn release_surplus_stops_only_children_above_min_idle() {
+    both(|_| async {
+        let live = Arc::new(AtomicUsize::new(0));
+        let cfg = PoolConfig {
+            burst_idle: 3,
+            grow_after: Duration::from_millis(50),
+            ..pool_cfg(1, 8)
+        };
+        let pool = Pool::new(cat(), cfg, live.clone(), "surplus".into());
+        pool.start();
+        eventually("1 idle", Duration::from_secs(2), || pool.idle() == 1).await;
+        let (a, b) = (pool.take().await.unwrap(), pool.take().await.unwrap());
+        let c = pool.take().await.unwrap();
+        eventually("3 idle", Duration::from_secs(2), || pool.idle() == 3).await;
+        assert!(pool.release_surplus().await);
+        // The burst is forgotten: the refill does not spawn it back.
+        assert_eq!(pool.idle_target(), 1);
+        assert!(pool.release_surplus().await);
+        assert_eq!(pool.idle(), 1);
+        assert!(!pool.release_surplus().await, "min_idle is kept");
+        assert_eq!(pool.live(), 4);
+        for x in [a, b, c] {
+            x.stop(GRACE).await;
+        }
+        pool.shutdown().await;
+        assert_eq!(pool.live(), 0);
     });
 }
 

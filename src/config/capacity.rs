@@ -19,18 +19,19 @@ impl Config {
             .len()
     }
 
-    /// Refuses a pool that could never hold its idle children: every worker
-    /// keeps `minIdle` per target, and all of them count against `maxLive`.
+    /// Refuses a pool that could never hold its idle children: `minIdle` is
+    /// per target for the whole process (the workers split it), and all of
+    /// them count against `maxLive`. The worker count no longer matters; it
+    /// is still taken so the message can say how `minIdle` is split.
     pub fn check_capacity(&self, workers: usize) -> Result<(), String> {
         let targets = self.mcp_target_count();
-        let idle = workers
-            .saturating_mul(targets)
-            .saturating_mul(self.mcp.min_idle);
+        let idle = targets.saturating_mul(self.mcp.min_idle);
         if idle > self.mcp.max_live {
             return Err(format!(
-                "config.mcp.minIdle ({}) x {workers} worker(s) x {targets} MCP target(s) = \
-                 {idle} idle children, more than config.mcp.maxLive ({}): lower minIdle, \
-                 raise maxLive, or run fewer workers",
+                "config.mcp.minIdle ({}) x {targets} MCP target(s) = {idle} idle children, \
+                 more than config.mcp.maxLive ({}): lower minIdle or raise maxLive \
+                 (minIdle is per target for the whole process, split among the \
+                 {workers} worker(s))",
                 self.mcp.min_idle, self.mcp.max_live
             ));
         }
@@ -57,15 +58,20 @@ mod tests {
     }
 
     #[test]
-    fn idle_children_of_all_workers_must_fit_in_max_live() {
-        let c = config("minIdle: 2, maxLive: 8", 2);
+    fn idle_children_of_all_targets_must_fit_in_max_live() {
+        let c = config("minIdle: 4, maxLive: 8", 2);
         assert_eq!(c.mcp_target_count(), 2);
-        assert!(c.check_capacity(2).is_ok());
-        let e = c.check_capacity(3).unwrap_err();
+        // The workers split minIdle: their number does not matter.
+        for workers in [1, 2, 3, 64] {
+            assert!(c.check_capacity(workers).is_ok(), "{workers} workers");
+        }
+        let e = config("minIdle: 3, maxLive: 8", 3)
+            .check_capacity(2)
+            .unwrap_err();
         assert!(
             e.contains("config.mcp.minIdle")
                 && e.contains("config.mcp.maxLive")
-                && e.contains("12"),
+                && e.contains("= 9 idle"),
             "{e}"
         );
         assert!(config("minIdle: 0, maxLive: 1", 3)

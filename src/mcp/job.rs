@@ -45,6 +45,8 @@ pub enum Op {
     OldestIdle,
     /// End this worker's least recently used idle session, and stop its child.
     Evict,
+    /// Stop an idle child that a burst left above its pool's `minIdle` share.
+    ReleaseSurplus,
 }
 
 pub enum Reply {

@@ -1,7 +1,10 @@
 //! The worker's side of multiplexed sessions: creating one (a child from
 //! each target's warm pool on this worker), answering its jobs, and ending
 //! it. A multiplexed session lives on the worker that created it, as every
-//! session does; its `initialize` is never handed to another worker.
+//! session does. Its `initialize` goes, like a single-target one, to a worker
+//! with idle children (of every target, or of most: see `room`), and at
+//! `maxLive` makes room the same way; an idle multiplexed session is evicted
+//! like any other.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -12,6 +15,7 @@ use tracing::{info, warn};
 use crate::config::{McpBackend, TargetFailureMode};
 use crate::mcp::jsonrpc::Message;
 use crate::mcp::multiplex_session::MultiSession;
+use crate::mcp::room::Place;
 use crate::mcp::session::{self, Session};
 use crate::mcp::{
     batch_refused, negotiated, new_session_id, post_reply, Job, McpWorker, Op, Reply, NO_SERVER,
@@ -45,10 +49,33 @@ impl McpWorker {
             .cloned()
     }
 
-    /// Creates a multiplexed session: one child per target from this
-    /// worker's pools. A target that cannot give one fails the session under
-    /// failClosed, and is left out under failOpen (unless all are).
+    /// Creates a multiplexed session, here or on the worker with idle
+    /// children of the most targets (the session then lives there).
     pub(super) async fn initialize_multi(
+        self: &Rc<Self>,
+        backend: McpBackend,
+        key: String,
+        identity: String,
+        messages: Vec<Message>,
+    ) -> Result<(String, flume::Receiver<Vec<u8>>), Reply> {
+        match self.place_multi(&backend) {
+            Place::Worker(w) => {
+                let op = Op::Initialize { messages };
+                match self.ask(w, op, &key, &identity).await {
+                    Some(Reply::Created(id, rx)) => Ok((id, rx)),
+                    Some(r) => Err(r),
+                    None => Err(Reply::Status(503, NO_SERVER)),
+                }
+            }
+            Place::Here | Place::Full => self.create_multi(backend, key, identity, messages).await,
+        }
+    }
+
+    /// Creates a multiplexed session on this worker: one child per target
+    /// from its pools (at `maxLive`, after making room). A target that
+    /// cannot give one fails the session under failClosed, and is left out
+    /// under failOpen (unless all are).
+    pub(super) async fn create_multi(
         self: &Rc<Self>,
         backend: McpBackend,
         key: String,
@@ -58,17 +85,29 @@ impl McpWorker {
         let fail_open = backend.failure_mode == TargetFailureMode::FailOpen;
         let mut children = Vec::new();
         let mut refusal = None;
+        // Room made about once per target (once more: a slot freed here may
+        // go to another worker's refill first).
+        let mut rooms = 0;
         for t in &backend.targets {
             let pool = self.pools.borrow().get(&t.key()).cloned();
-            let got = match pool {
-                Some(p) => p.take().await.map_err(|e| match e {
-                    PoolError::Exhausted { .. } => Reply::Status(503, NO_SERVER),
-                    e => {
-                        warn!(target = t.name, error = %e, "cannot start MCP server");
-                        Reply::Status(503, "MCP server failed to start")
+            let got = loop {
+                let Some(p) = &pool else {
+                    break Err(Reply::Status(503, "MCP target not available"));
+                };
+                break match p.take().await {
+                    Ok(c) => Ok(c),
+                    Err(PoolError::Exhausted { .. })
+                        if rooms <= backend.targets.len() && self.make_room().await =>
+                    {
+                        rooms += 1;
+                        continue;
                     }
-                }),
-                None => Err(Reply::Status(503, "MCP target not available")),
+                    Err(PoolError::Exhausted { .. }) => Err(Reply::Status(503, NO_SERVER)),
+                    Err(e) => {
+                        warn!(target = t.name, error = %e, "cannot start MCP server");
+                        Err(Reply::Status(503, "MCP server failed to start"))
+                    }
+                };
             };
             match got {
                 Ok(c) => children.push((t.name.clone(), c)),
