@@ -382,7 +382,7 @@ mod tests {
     }
 
     /// An extAuthz policy with these keys (indented under `extAuthz:`).
-    fn policy(keys: &str) -> ExtAuthz {
+    pub(super) fn policy(keys: &str) -> ExtAuthz {
         ext_authz(&format!(
             "binds:
 - port: 0

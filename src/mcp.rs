@@ -64,12 +64,6 @@ use session::Session;
 pub(crate) use job::{batch_refused, negotiated, post_reply};
 pub use job::{Job, Op, Reply, DEFAULT_VERSION, KNOWN_VERSIONS, LAST_BATCH_VERSION};
 
-fn is_npx(cmd: &str) -> bool {
-    std::path::Path::new(cmd)
-        .file_name()
-        .is_some_and(|n| n == "npx")
-}
-
 /// Jobs a worker's inbox holds before hand-offs to it are refused (503).
 /// The owner answers each at once, so a full inbox means a stalled worker.
 pub const INBOX_DEPTH: usize = 1024;
@@ -135,15 +129,20 @@ pub struct McpWorker {
     pub shared: shared::Shared,
 }
 
-/// Every stdio target of the config (each gets a pool, by its key).
-pub(crate) fn targets(config: &Config) -> impl Iterator<Item = &crate::config::McpTarget> {
+/// Every MCP backend of the config.
+pub(crate) fn backends(config: &Config) -> impl Iterator<Item = &crate::config::McpBackend> {
     config
         .binds
         .iter()
         .flat_map(|b| &b.listeners)
         .flat_map(|l| &l.routes)
         .filter_map(|r| r.backend.as_ref())
-        .flat_map(|Backend::Mcp(m)| &m.targets)
+        .map(|Backend::Mcp(m)| m)
+}
+
+/// Every stdio target of the config (each gets a pool, by its key).
+pub(crate) fn targets(config: &Config) -> impl Iterator<Item = &crate::config::McpTarget> {
+    backends(config).flat_map(|m| &m.targets)
 }
 
 impl McpWorker {
@@ -177,22 +176,7 @@ impl McpWorker {
 
     fn new_pool(&self, m: &crate::config::McpTarget) -> Rc<Pool> {
         let cfg = self.pool_config(&m.key());
-        let mut env = m.env.clone();
-        // A child's stdin is a socket, not a terminal, and npx then refuses to
-        // fetch a package it has not cached unless told yes; the seed config
-        // relies on it fetching.
-        if is_npx(&m.cmd)
-            && !env
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case("npm_config_yes"))
-        {
-            env.push(("npm_config_yes".into(), "true".into()));
-        }
-        let spec = crate::pool::ChildSpec {
-            cmd: m.cmd.clone(),
-            args: m.args.clone(),
-            env,
-        };
+        let spec = crate::pool::ChildSpec::of_target(m);
         let pool = Pool::new(
             spec,
             cfg,

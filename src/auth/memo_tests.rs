@@ -1,27 +1,12 @@
 //! A connection's memo of its policy's cached answer ([`ConnMemo`]).
 
 use super::*;
-use crate::config::Config;
 use std::time::Duration;
 
 fn policy(http: &str, extra: &str) -> ExtAuthz {
-    let yaml = format!(
-        "binds:
-- port: 0
-  listeners:
-  - routes:
-    - policies:
-        directResponse: {{body: ok, status: 200}}
-        extAuthz:
-          host: 127.0.0.1:1
-          protocol:
-            http:
-{http}
-{extra}"
-    );
-    let cfg = Config::from_yaml(&yaml).expect("valid config");
-    let route = &cfg.binds[0].listeners[0].routes[0];
-    route.policies.ext_authz.clone().expect("extAuthz")
+    super::tests::policy(&format!(
+        "          protocol:\n            http:\n{http}\n{extra}"
+    ))
 }
 
 const SEED_HTTP: &str = r#"              path: '"/localapi/v0/whois?addr=" + source.address'

@@ -6,6 +6,34 @@ use std::ops::Range;
 use serde_json::value::RawValue;
 
 use super::{decode_str, member, members, nested, splice, ListKind, Naming};
+use crate::mcp::jsonrpc::{self, Outgoing};
+use crate::mcp::sse;
+
+/// Reads the streams a list request fanned out to, target by target: each
+/// child's answer is kept for the merge, anything else it sends on the way
+/// (progress, log messages) goes on to `tx` as it came.
+pub async fn gather(
+    streams: Vec<(usize, flume::Receiver<Vec<u8>>)>,
+    tx: &flume::Sender<Vec<u8>>,
+) -> Vec<(usize, String)> {
+    let mut answers = Vec::new();
+    for (t, rx) in streams {
+        while let Ok(ev) = rx.recv_async().await {
+            let Some(line) = sse::decode(&ev).into_iter().next() else {
+                continue;
+            };
+            match jsonrpc::peek(&line) {
+                Some(Outgoing::Response { .. }) => {
+                    answers.push((t, String::from_utf8_lossy(&line).into_owned()));
+                }
+                _ => {
+                    let _ = tx.send_async(ev).await;
+                }
+            }
+        }
+    }
+    answers
+}
 
 /// A child's answer to a fanned-out request: its target and its line.
 #[derive(Debug, Clone, Copy)]

@@ -379,22 +379,7 @@ impl MultiSession {
         let me = self.clone();
         let id = id.to_string();
         monoio::spawn(async move {
-            let mut answers: Vec<(usize, String)> = Vec::new();
-            for (t, rx) in streams {
-                while let Ok(ev) = rx.recv_async().await {
-                    let Some(line) = sse::decode(&ev).into_iter().next() else {
-                        continue;
-                    };
-                    match jsonrpc::peek(&line) {
-                        Some(Outgoing::Response { .. }) => {
-                            answers.push((t, String::from_utf8_lossy(&line).into_owned()));
-                        }
-                        _ => {
-                            let _ = tx.send_async(ev).await;
-                        }
-                    }
-                }
-            }
+            let answers = mx::gather(streams, &tx).await;
             let line = me.merge(&id, merge, &answers).await;
             let _ = tx.send_async(sse::event(line.as_bytes())).await;
         });

@@ -29,9 +29,7 @@ use tracing::{debug, info};
 
 use super::job::DEFAULT_VERSION;
 use super::multiplex::{self as mx, ListKind};
-use crate::config::{
-    Backend, Config, ConfigErrors, McpBackend, McpSettings, McpTarget, PrefixMode,
-};
+use crate::config::{Config, ConfigErrors, McpBackend, McpSettings, McpTarget, PrefixMode};
 use crate::pool::{Child, ChildSpec, SpawnOptions};
 
 /// Pages of one list the probe reads from a target before it calls the
@@ -47,13 +45,7 @@ pub struct Offered {
 
 /// The backends the probe starts: several targets under `prefixMode: never`.
 pub fn probed_backends(config: &Config) -> Vec<&McpBackend> {
-    config
-        .binds
-        .iter()
-        .flat_map(|b| &b.listeners)
-        .flat_map(|l| &l.routes)
-        .filter_map(|r| r.backend.as_ref())
-        .map(|Backend::Mcp(m)| m)
+    crate::mcp::backends(config)
         .filter(|m| m.prefix_mode == PrefixMode::Never && m.targets.len() > 1)
         .collect()
 }
@@ -163,27 +155,6 @@ struct Limits {
     timeout: Duration,
 }
 
-/// What the pools run for `t` (npx is told to fetch what it has not cached:
-/// its stdin is a socket, not a terminal, so it would not ask).
-pub fn child_spec(t: &McpTarget) -> ChildSpec {
-    let mut env = t.env.clone();
-    let npx = std::path::Path::new(&t.cmd)
-        .file_name()
-        .is_some_and(|n| n == "npx");
-    if npx
-        && !env
-            .iter()
-            .any(|(k, _)| k.eq_ignore_ascii_case("npm_config_yes"))
-    {
-        env.push(("npm_config_yes".into(), "true".into()));
-    }
-    ChildSpec {
-        cmd: t.cmd.clone(),
-        args: t.args.clone(),
-        env,
-    }
-}
-
 /// Starts `t`, asks for its names, stops it.
 async fn probe_target(t: &McpTarget, limit: Limits) -> Result<Offered, String> {
     let opts = SpawnOptions {
@@ -192,7 +163,7 @@ async fn probe_target(t: &McpTarget, limit: Limits) -> Result<Offered, String> {
         live: None,
         exits: None,
     };
-    let mut child = Child::spawn(&child_spec(t), opts)
+    let mut child = Child::spawn(&ChildSpec::of_target(t), opts)
         .await
         .map_err(|e| format!("cannot start {:?}: {e}", t.cmd))?;
     let left = limit.deadline.saturating_duration_since(Instant::now());

@@ -242,22 +242,7 @@ impl Shared {
             return t.clone();
         }
         let s = self.settings.borrow().clone();
-        let mut env = m.env.clone();
-        let npx = std::path::Path::new(&m.cmd)
-            .file_name()
-            .is_some_and(|n| n == "npx");
-        if npx
-            && !env
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case("npm_config_yes"))
-        {
-            env.push(("npm_config_yes".into(), "true".into()));
-        }
-        let spec = crate::pool::ChildSpec {
-            cmd: m.cmd.clone(),
-            args: m.args.clone(),
-            env,
-        };
+        let spec = crate::pool::ChildSpec::of_target(m);
         let label = format!("{}/w{}/shared", m.name, self.worker);
         let cfg = PoolConfig {
             min_idle: 0,

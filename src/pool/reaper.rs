@@ -45,6 +45,31 @@ pub struct ChildSpec {
     pub env: Vec<(String, String)>,
 }
 
+impl ChildSpec {
+    /// What runs for an MCP target: its command, arguments and environment.
+    /// A child's stdin is a socket, not a terminal, and npx then refuses to
+    /// fetch a package it has not cached unless told yes; the seed config
+    /// relies on it fetching.
+    pub fn of_target(t: &crate::config::McpTarget) -> ChildSpec {
+        let mut env = t.env.clone();
+        let npx = std::path::Path::new(&t.cmd)
+            .file_name()
+            .is_some_and(|n| n == "npx");
+        if npx
+            && !env
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("npm_config_yes"))
+        {
+            env.push(("npm_config_yes".into(), "true".into()));
+        }
+        ChildSpec {
+            cmd: t.cmd.clone(),
+            args: t.args.clone(),
+            env,
+        }
+    }
+}
+
 /// How often the thread checks children it has no pidfd for.
 pub const FALLBACK_CHECK_MS: i32 = 100;
 

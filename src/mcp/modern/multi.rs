@@ -372,22 +372,7 @@ async fn fan_out(
     let (tx, rx) = flume::bounded(STREAM_DEPTH);
     let (naming, fail_open, ttl) = (naming.clone(), c.fail_open(), c.ttl_ms());
     monoio::spawn(async move {
-        let mut answers: Vec<(usize, String)> = Vec::new();
-        for (t, rx) in streams {
-            while let Ok(ev) = rx.recv_async().await {
-                let Some(line) = sse::decode(&ev).into_iter().next() else {
-                    continue;
-                };
-                match jsonrpc::peek(&line) {
-                    Some(Outgoing::Response { .. }) => {
-                        answers.push((t, String::from_utf8_lossy(&line).into_owned()));
-                    }
-                    _ => {
-                        let _ = tx.send_async(ev).await;
-                    }
-                }
-            }
-        }
+        let answers = mx::gather(streams, &tx).await;
         let list: Vec<Answer> = answers
             .iter()
             .map(|(t, l)| Answer {
