@@ -1,7 +1,7 @@
 //! Scenario 4b: bursts of concurrent `initialize`s. `n` sessions open at
 //! once (each on its own connection, from one generator thread), then all
 //! are deleted; `rounds` bursts, each after the pool has settled (its
-//! refills spawned and loaded). Sessions live on whichever worker had the
+//! refills spawned and loaded: [`SETTLE`], then no CPU for 1 s). Sessions live on whichever worker had the
 //! idle child, as a user's would.
 
 use std::net::{IpAddr, SocketAddr};
@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use crate::client::{block_on, McpSession};
 use crate::procs::{self, Server};
+
+/// Wait after a burst's sessions ended, before the pool's refill can be
+/// seen loading.
+const SETTLE: Duration = Duration::from_secs(3);
 
 pub struct Burst {
     pub workers: usize,
@@ -45,8 +49,13 @@ pub fn run(
         bursts: Vec::new(),
         live: Vec::new(),
     };
-    for _ in 0..rounds {
-        procs::wait_quiet(pid, Duration::from_millis(500), Duration::from_secs(30));
+    for round in 0..rounds {
+        if round > 0 {
+            // The pool starts its refill once `initialize`s pause for 2 s
+            // (README, the pool sized to demand): let it start, then load.
+            std::thread::sleep(SETTLE);
+        }
+        procs::wait_quiet(pid, Duration::from_secs(1), Duration::from_secs(40));
         let (times, live) = block_on(async move {
             let handles: Vec<_> = (0..n)
                 .map(|_| monoio::spawn(McpSession::open(addr, src)))
