@@ -542,10 +542,10 @@ fn http_scenarios(o: &Opts, whois: &str, w: usize, idle_rss: &mut Vec<(usize, u6
                 reconnect: true,
             });
         }
-        if o.runs("log") && k == 0 {
+        if o.runs("log") {
             servers.push(start_ringgate(bin, whois, w, true, &mut rss));
             plan.push(Planned {
-                name: "2 allow, access log on".into(),
+                name: format!("2 allow, access log on{suffix}"),
                 server: servers.len() - 1,
                 src: ALLOWED_IP,
                 expect: OK,
