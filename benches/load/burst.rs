@@ -77,7 +77,7 @@ pub fn run(
         });
         eprintln!(
             "load: burst of {n} initialize (minIdle {min_idle}, w={workers}): p50 {:.1} ms, max {:.1} ms, {live} children live",
-            crate::report::median(&times),
+            quantile(&times, 0.5),
             times.iter().cloned().fold(0.0, f64::max)
         );
         out.bursts.push(times);
