@@ -87,7 +87,10 @@ impl<'c> Line<'c> {
     }
 
     fn emit(self) {
-        info!(target: TARGET, "{}", self.finish());
+        let line = self.finish();
+        if !crate::logging::access_line(&line) {
+            info!(target: TARGET, "{}", line);
+        }
     }
 }
 

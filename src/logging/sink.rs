@@ -122,6 +122,11 @@ impl<'a> MakeWriter<'a> for MakeLine {
 /// One formatted event; queued when the formatter drops it.
 pub struct Line(Vec<u8>);
 
+/// Queues a whole line (ending in a newline) for the writer thread.
+pub fn queue(line: Vec<u8>) {
+    drop(Line(line));
+}
+
 impl Write for Line {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.extend_from_slice(buf);
