@@ -61,7 +61,7 @@ use jsonrpc::Message;
 use room::Place;
 use session::Session;
 
-pub(crate) use job::{batch_refused, negotiated, post_reply};
+pub(crate) use job::SessionJobs;
 pub use job::{Job, Op, Reply, DEFAULT_VERSION, KNOWN_VERSIONS, LAST_BATCH_VERSION};
 
 /// Jobs a worker's inbox holds before hand-offs to it are refused (503).
@@ -336,33 +336,9 @@ impl McpWorker {
         else {
             return Reply::Status(404, "session not found");
         };
-        let negotiated = match negotiated(session.protocol(), &job) {
-            Ok(v) => v,
-            Err(r) => return r,
-        };
-        match job.op {
-            Op::Post {
-                messages,
-                batch,
-                authz,
-            } => {
-                if let Some(r) = batch_refused(batch, &negotiated) {
-                    return r;
-                }
-                post_reply(session.post(messages, authz.as_ref()))
-            }
-            Op::Get => match session.open_get() {
-                Some(rx) => Reply::Stream(rx),
-                None => Reply::Status(404, "session not found"),
-            },
-            Op::Delete => {
-                self.remove(&session, "deleted by client");
-                Reply::Deleted
-            }
-            Op::Initialize { .. } | Op::OldestIdle | Op::Evict | Op::ReleaseSurplus => {
-                Reply::Status(500, "misrouted job")
-            }
-        }
+        job::serve(&*session, job, || {
+            self.remove(&session, "deleted by client")
+        })
     }
 
     /// Creates a session for an `initialize` request: with an idle child of
@@ -602,5 +578,21 @@ impl McpWorker {
                 ],
             });
         }
+    }
+}
+
+impl SessionJobs for Session {
+    fn protocol(&self) -> Option<String> {
+        Session::protocol(self)
+    }
+    fn post(
+        &self,
+        messages: Vec<Message>,
+        authz: Option<&authz::PostAuthz>,
+    ) -> Result<Option<flume::Receiver<Vec<u8>>>, session::PostError> {
+        Session::post(self, messages, authz)
+    }
+    fn open_get(&self) -> Option<flume::Receiver<Vec<u8>>> {
+        Session::open_get(self)
     }
 }

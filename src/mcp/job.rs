@@ -65,7 +65,7 @@ pub enum Reply {
 
 /// The protocol revision a session negotiated; a request whose
 /// `MCP-Protocol-Version` names another (or an unknown one) is refused.
-pub(crate) fn negotiated(protocol: Option<String>, job: &Job) -> Result<String, Reply> {
+fn negotiated(protocol: Option<String>, job: &Job) -> Result<String, Reply> {
     let negotiated = protocol
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| DEFAULT_VERSION.to_string());
@@ -79,15 +79,59 @@ pub(crate) fn negotiated(protocol: Option<String>, job: &Job) -> Result<String, 
 }
 
 /// Batches were removed after [`LAST_BATCH_VERSION`].
-pub(crate) fn batch_refused(batch: bool, negotiated: &str) -> Option<Reply> {
+fn batch_refused(batch: bool, negotiated: &str) -> Option<Reply> {
     (batch && negotiated > LAST_BATCH_VERSION).then_some(Reply::Status(
         400,
         "Bad Request: batches are not supported by this protocol version",
     ))
 }
 
+/// What a session (one child or several) does for the jobs that name it.
+pub(crate) trait SessionJobs {
+    fn protocol(&self) -> Option<String>;
+    fn post(
+        &self,
+        messages: Vec<Message>,
+        authz: Option<&authz::PostAuthz>,
+    ) -> Result<Option<flume::Receiver<Vec<u8>>>, PostError>;
+    fn open_get(&self) -> Option<flume::Receiver<Vec<u8>>>;
+}
+
+/// Serves a POST, GET or DELETE job on `session` (its owner and caller
+/// already checked): the version and batch checks, then the operation;
+/// `delete` ends the session.
+pub(crate) fn serve(session: &impl SessionJobs, job: Job, delete: impl FnOnce()) -> Reply {
+    let negotiated = match negotiated(session.protocol(), &job) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match job.op {
+        Op::Post {
+            messages,
+            batch,
+            authz,
+        } => {
+            if let Some(r) = batch_refused(batch, &negotiated) {
+                return r;
+            }
+            post_reply(session.post(messages, authz.as_ref()))
+        }
+        Op::Get => match session.open_get() {
+            Some(rx) => Reply::Stream(rx),
+            None => Reply::Status(404, "session not found"),
+        },
+        Op::Delete => {
+            delete();
+            Reply::Deleted
+        }
+        Op::Initialize { .. } | Op::OldestIdle | Op::Evict | Op::ReleaseSurplus => {
+            Reply::Status(500, "misrouted job")
+        }
+    }
+}
+
 /// What a session's `post` outcome tells the client.
-pub(crate) fn post_reply(r: Result<Option<flume::Receiver<Vec<u8>>>, PostError>) -> Reply {
+fn post_reply(r: Result<Option<flume::Receiver<Vec<u8>>>, PostError>) -> Reply {
     match r {
         Ok(Some(rx)) => Reply::Stream(rx),
         Ok(None) => Reply::Accepted,

@@ -17,9 +17,7 @@ use crate::mcp::jsonrpc::Message;
 use crate::mcp::multiplex_session::MultiSession;
 use crate::mcp::room::Place;
 use crate::mcp::session::{self, Session};
-use crate::mcp::{
-    batch_refused, negotiated, new_session_id, post_reply, Job, McpWorker, Op, Reply, NO_SERVER,
-};
+use crate::mcp::{job, new_session_id, Job, McpWorker, Op, Reply, SessionJobs, NO_SERVER};
 use crate::pool::PoolError;
 
 /// Every MCP backend of the config, by key.
@@ -195,31 +193,7 @@ impl McpWorker {
         if s.identity != job.identity || s.backend != job.backend || s.is_ended() {
             return Reply::Status(404, "session not found");
         }
-        let negotiated = match negotiated(s.protocol(), &job) {
-            Ok(v) => v,
-            Err(r) => return r,
-        };
-        match job.op {
-            Op::Post {
-                messages,
-                batch,
-                authz,
-            } => {
-                if let Some(r) = batch_refused(batch, &negotiated) {
-                    return r;
-                }
-                post_reply(s.post(messages, authz.as_ref()))
-            }
-            Op::Get => match s.open_get() {
-                Some(rx) => Reply::Stream(rx),
-                None => Reply::Status(404, "session not found"),
-            },
-            Op::Delete => {
-                self.remove_multi(&s, "deleted by client");
-                Reply::Deleted
-            }
-            _ => Reply::Status(500, "misrouted job"),
-        }
+        job::serve(&s, job, || self.remove_multi(&s, "deleted by client"))
     }
 
     /// Forgets a multiplexed session and stops its children.
@@ -284,5 +258,21 @@ impl McpWorker {
         let m = self.multi.borrow();
         let idle = m.values().filter(|s| s.idle_since().is_some()).count();
         (m.len() as u64, idle as u64)
+    }
+}
+
+impl SessionJobs for Rc<MultiSession> {
+    fn protocol(&self) -> Option<String> {
+        MultiSession::protocol(self)
+    }
+    fn post(
+        &self,
+        messages: Vec<Message>,
+        authz: Option<&crate::mcp::authz::PostAuthz>,
+    ) -> Result<Option<flume::Receiver<Vec<u8>>>, session::PostError> {
+        MultiSession::post(self, messages, authz)
+    }
+    fn open_get(&self) -> Option<flume::Receiver<Vec<u8>>> {
+        MultiSession::open_get(self)
     }
 }
