@@ -205,18 +205,14 @@ fn call_target(backend: &McpBackend, m: &jsonrpc::Message) -> Option<String> {
     let Kind::Request { method, .. } = &m.kind else {
         return None;
     };
-    let field = match method.as_str() {
-        "tools/call" | "prompts/get" => "name",
-        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => "uri",
-        _ => return None,
-    };
     if !backend.is_multiplexing() {
-        return Some(backend.targets[0].name.clone());
+        let routed = crate::mcp::multiplex::ROUTED.contains(&method.as_str());
+        return routed.then(|| backend.targets[0].name.clone());
     }
+    let (_, span, uri) = crate::mcp::multiplex::named(&m.line, method)?;
     let naming = crate::mcp::multiplex::Naming::from_backend(backend);
-    let span = crate::mcp::multiplex::nested(&m.line, "params", field)?;
-    let value = crate::mcp::multiplex::decode_str(&m.line[span])?;
-    let candidates = naming.candidates(&value, field == "uri");
+    let value = crate::mcp::multiplex::decode_str(&m.line[span?])?;
+    let candidates = naming.candidates(&value, uri);
     match candidates.as_slice() {
         [(t, _)] => Some(naming.targets[*t].clone()),
         _ => None,

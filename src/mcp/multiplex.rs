@@ -59,6 +59,40 @@ pub fn member(obj: &str, key: &str) -> Option<Range<usize>> {
         .map(|(_, r)| r)
 }
 
+/// The methods whose requests name their target (see [`named`]).
+pub const ROUTED: &[&str] = &[
+    "tools/call",
+    "prompts/get",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "completion/complete",
+];
+
+/// Where a request names the target it goes to: what it names (for the
+/// "Unknown ..." error), the span of the name or URI string in `line` (none
+/// when the request lacks it), and whether it is a URI. `None`: the method
+/// names no target (nor does a completion reference without one).
+pub fn named(line: &str, method: &str) -> Option<(&'static str, Option<Range<usize>>, bool)> {
+    Some(match method {
+        "tools/call" => ("tool", nested(line, "params", "name"), false),
+        "prompts/get" => ("prompt", nested(line, "params", "name"), false),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            ("resource", nested(line, "params", "uri"), true)
+        }
+        "completion/complete" => {
+            let r = nested(line, "params", "ref")?;
+            let obj = &line[r.clone()];
+            let (k, uri) = match member(obj, "uri") {
+                Some(s) => (s, true),
+                None => (member(obj, "name")?, false),
+            };
+            ("reference", Some(r.start + k.start..r.start + k.end), uri)
+        }
+        _ => return None,
+    })
+}
+
 /// The span of `outer.inner`'s value.
 pub fn nested(obj: &str, outer: &str, inner: &str) -> Option<Range<usize>> {
     let o = member(obj, outer)?;

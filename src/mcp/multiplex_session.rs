@@ -165,28 +165,8 @@ impl MultiSession {
         let line = m.line.as_str();
         let unknown =
             |what: &str| jsonrpc::error_line(Some(id), INVALID_PARAMS, &format!("Unknown {what}"));
-        let (what, span, uri) = match method {
-            "tools/call" => ("tool", mx::nested(line, "params", "name"), false),
-            "prompts/get" => ("prompt", mx::nested(line, "params", "name"), false),
-            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-                ("resource", mx::nested(line, "params", "uri"), true)
-            }
-            "completion/complete" => {
-                let r = mx::nested(line, "params", "ref");
-                let inner = r.clone().and_then(|r| {
-                    let obj = &line[r.clone()];
-                    let (k, uri) = match mx::member(obj, "uri") {
-                        Some(s) => (s, true),
-                        None => (mx::member(obj, "name")?, false),
-                    };
-                    Some((r.start + k.start..r.start + k.end, uri))
-                });
-                match inner {
-                    Some((s, uri)) => ("reference", Some(s), uri),
-                    None => return self.first_alive(id, line),
-                }
-            }
-            _ => return self.first_alive(id, line),
+        let Some((what, span, uri)) = mx::named(line, method) else {
+            return self.first_alive(id, line);
         };
         let Some(span) = span else {
             return Err(unknown(what));

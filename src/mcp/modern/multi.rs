@@ -128,27 +128,9 @@ async fn route(c: &Call<'_>, naming: &Naming) -> Result<(usize, String), Respons
         let message = format!("Unknown {what}");
         json(&jsonrpc::error_line(Some(id), INVALID_PARAMS, &message))
     };
-    let (what, span, uri) = match c.method {
-        "tools/call" => ("tool", mx::nested(line, "params", "name"), false),
-        "prompts/get" => ("prompt", mx::nested(line, "params", "name"), false),
-        "resources/read" => ("resource", mx::nested(line, "params", "uri"), true),
-        "completion/complete" => {
-            let r = mx::nested(line, "params", "ref");
-            let inner = r.and_then(|r| {
-                let obj = &line[r.clone()];
-                let (k, uri) = match mx::member(obj, "uri") {
-                    Some(s) => (s, true),
-                    None => (mx::member(obj, "name")?, false),
-                };
-                Some((r.start + k.start..r.start + k.end, uri))
-            });
-            match inner {
-                Some((s, uri)) => ("reference", Some(s), uri),
-                None => return Ok((0, line.to_string())),
-            }
-        }
-        // Anything else names no target: the first one serves it.
-        _ => return Ok((0, line.to_string())),
+    // Anything else names no target: the first one serves it.
+    let Some((what, span, uri)) = mx::named(line, c.method) else {
+        return Ok((0, line.to_string()));
     };
     let Some(span) = span else {
         return Err(unknown(what));
