@@ -367,16 +367,29 @@ impl McpWorker {
                     Err(r) => return Err(r.unwrap_or(Reply::Status(503, NO_SERVER))),
                 },
                 Place::Worker(w) => {
-                    let op = Op::Initialize { messages };
-                    return match self.ask(w, op, &backend, &identity).await {
-                        Some(Reply::Created(id, rx)) => Ok((id, rx)),
-                        Some(r) => Err(r),
-                        None => Err(Reply::Status(503, NO_SERVER)),
-                    };
+                    return self.initialize_at(w, messages, &backend, &identity).await
                 }
                 Place::Full if !evicted && self.make_room().await => evicted = true,
                 Place::Full => return Err(Reply::Status(503, NO_SERVER)),
             }
+        }
+    }
+
+    /// Has worker `w` create the session (it has the idle children).
+    async fn initialize_at(
+        &self,
+        w: usize,
+        messages: Vec<Message>,
+        backend: &str,
+        identity: &str,
+    ) -> Result<(String, flume::Receiver<Vec<u8>>), Reply> {
+        match self
+            .ask(w, Op::Initialize { messages }, backend, identity)
+            .await
+        {
+            Some(Reply::Created(id, rx)) => Ok((id, rx)),
+            Some(r) => Err(r),
+            None => Err(Reply::Status(503, NO_SERVER)),
         }
     }
 

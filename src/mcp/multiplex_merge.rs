@@ -42,6 +42,16 @@ pub struct Answer<'a> {
     pub line: &'a str,
 }
 
+/// The children's answers, as [`gather`] collects them, for the merges.
+pub fn answers(v: &[(usize, String)]) -> Vec<Answer<'_>> {
+    v.iter()
+        .map(|(t, l)| Answer {
+            target: *t,
+            line: l,
+        })
+        .collect()
+}
+
 impl<'a> Answer<'a> {
     fn result(&self) -> Option<&'a str> {
         member(self.line, "result").map(|r| &self.line[r])

@@ -366,13 +366,7 @@ impl MultiSession {
     }
 
     async fn merge(self: &Rc<Self>, id: &str, merge: Merge, answers: &[(usize, String)]) -> String {
-        let list: Vec<Answer> = answers
-            .iter()
-            .map(|(t, l)| Answer {
-                target: *t,
-                line: l,
-            })
-            .collect();
+        let list = mx::answers(answers);
         let merged = match merge {
             Merge::Initialize => mx::merge_initialize(&self.naming, id, &list, self.fail_open),
             Merge::List(kind) => {
@@ -441,13 +435,7 @@ impl MultiSession {
                     answers.push((t, String::from_utf8_lossy(&l).into_owned()));
                 }
             }
-            let list: Vec<Answer> = answers
-                .iter()
-                .map(|(t, l)| Answer {
-                    target: *t,
-                    line: l,
-                })
-                .collect();
+            let list = mx::answers(&answers);
             let per: Vec<(usize, Vec<String>)> = list
                 .iter()
                 .map(|a| (a.target, mx::names(kind, a.line)))

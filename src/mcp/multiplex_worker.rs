@@ -17,7 +17,7 @@ use crate::mcp::jsonrpc::Message;
 use crate::mcp::multiplex_session::MultiSession;
 use crate::mcp::room::Place;
 use crate::mcp::session::{self, Session};
-use crate::mcp::{job, new_session_id, Job, McpWorker, Op, Reply, SessionJobs, NO_SERVER};
+use crate::mcp::{job, new_session_id, Job, McpWorker, Reply, SessionJobs, NO_SERVER};
 use crate::pool::PoolError;
 
 /// Every MCP backend of the config, by key.
@@ -57,14 +57,7 @@ impl McpWorker {
         messages: Vec<Message>,
     ) -> Result<(String, flume::Receiver<Vec<u8>>), Reply> {
         match self.place_multi(&backend) {
-            Place::Worker(w) => {
-                let op = Op::Initialize { messages };
-                match self.ask(w, op, &key, &identity).await {
-                    Some(Reply::Created(id, rx)) => Ok((id, rx)),
-                    Some(r) => Err(r),
-                    None => Err(Reply::Status(503, NO_SERVER)),
-                }
-            }
+            Place::Worker(w) => self.initialize_at(w, messages, &key, &identity).await,
             Place::Here | Place::Full => self.create_multi(backend, key, identity, messages).await,
         }
     }

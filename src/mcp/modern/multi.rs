@@ -33,7 +33,7 @@ use crate::config::{McpBackend, TargetFailureMode};
 use crate::http::response::{Body, Response};
 use crate::mcp::authz::{self, RouteAuthz};
 use crate::mcp::jsonrpc::{self, Message, Outgoing};
-use crate::mcp::multiplex::{self as mx, Answer, ListKind, Naming};
+use crate::mcp::multiplex::{self as mx, ListKind, Naming};
 use crate::mcp::shared::listen::{Filter, STREAM_DEPTH};
 use crate::mcp::shared::{Mrtr, Opts, Shared, SharedChild, SubmitError, Target, Unavailable};
 use crate::mcp::sse;
@@ -355,13 +355,7 @@ async fn fan_out(
     let (naming, fail_open, ttl) = (naming.clone(), c.fail_open(), c.ttl_ms());
     monoio::spawn(async move {
         let answers = mx::gather(streams, &tx).await;
-        let list: Vec<Answer> = answers
-            .iter()
-            .map(|(t, l)| Answer {
-                target: *t,
-                line: l,
-            })
-            .collect();
+        let list = mx::answers(&answers);
         let line = match mx::merge_list(&naming, kind, &id, &list, fail_open) {
             Ok(l) => splice::answer(&l, &id, Some((ttl, "private"))).unwrap_or(l),
             Err(e) if e.is_empty() => {
