@@ -4,36 +4,23 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::fake_tailscaled::FakeTailscaled;
 use support::*;
 
-const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
-
 fn python_client(url: &str, src: &str, scenario: &str) -> Value {
     python_client_with(url, src, scenario, &[])
 }
 
 fn python_client_with(url: &str, src: &str, scenario: &str, extra: &[&str]) -> Value {
-    let out = Command::new(format!("{PEERS}/.venv/bin/python"))
-        .arg(format!("{PEERS}/mcp_client.py"))
-        .args(["--url", url, "--source-ip", src, "--scenario", scenario])
-        // The handshake era: `auto` now settles on 2026-07-28 (tests/modern.rs).
-        .args(["--mode", "legacy"])
-        .args(extra)
-        .args(["--steps", "4", "--duration", "0.4", "--timeout", "60"])
-        .output()
-        .expect("run the Python MCP client (tests/peers/setup.sh installs it)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "client printed no JSON ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    let mut args = vec!["--url", url, "--source-ip", src, "--scenario", scenario];
+    // The handshake era: `auto` now settles on 2026-07-28 (tests/modern.rs).
+    args.extend(["--mode", "legacy"]);
+    args.extend(extra);
+    args.extend(["--steps", "4", "--duration", "0.4", "--timeout", "60"]);
+    support::mcp::peer_client("mcp_client.py", &args)
 }
 
 /// The fake tailscaled knowing alice at 127.0.0.2, ringgate on the seed

@@ -8,7 +8,6 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 use support::fake_tailscaled::{FakeTailscaled, Node};
@@ -45,20 +44,26 @@ fn grants_config(fake: &FakeTailscaled, tap_dir: &Path) -> String {
 
 /// The SDK from `src`; `message` and `a` mark its echo and get-sum calls.
 fn python_client(url: &str, src: &str, message: &str, a: u32) -> Value {
-    let out = Command::new(format!("{PEERS}/.venv/bin/python"))
-        .arg(format!("{PEERS}/mcp_client.py"))
-        .args(["--url", url, "--source-ip", src, "--scenario", "authz"])
-        .args(["--try-tools", TRY, "--message", message, "--timeout", "60"])
-        .args(["--a", &a.to_string()])
-        .output()
-        .expect("run the Python MCP client (tests/peers/setup.sh installs it)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "client printed no JSON ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    let a = a.to_string();
+    support::mcp::peer_client(
+        "mcp_client.py",
+        &[
+            "--url",
+            url,
+            "--source-ip",
+            src,
+            "--scenario",
+            "authz",
+            "--try-tools",
+            TRY,
+            "--message",
+            message,
+            "--timeout",
+            "60",
+            "--a",
+            &a,
+        ],
+    )
 }
 
 /// Alice, on 127.0.0.2, granted `echo` and `get-sum`.

@@ -10,7 +10,6 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::process::Command;
 
 use modern_common::{hdrs, head, next_event, raw_post, V};
 use serde_json::{json, Value};
@@ -98,19 +97,17 @@ fn temp_dir(tag: &str) -> std::path::PathBuf {
 }
 
 fn sdk(url: &str, scenario: &str, mode: &str) -> Value {
-    let out = Command::new(format!("{PEERS}/.venv/bin/python"))
-        .arg(format!("{PEERS}/multi_client.py"))
-        .args(["--url", url, "--scenario", scenario, "--mode", mode])
-        .args(["--source-ip", SRC])
-        .output()
-        .expect("run the Python MCP client (tests/peers/setup.sh installs it)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "client printed no JSON ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    let args = [
+        "--url",
+        url,
+        "--scenario",
+        scenario,
+        "--mode",
+        mode,
+        "--source-ip",
+        SRC,
+    ];
+    support::mcp::peer_client("multi_client.py", &args)
 }
 
 /// A modern POST of `method` to `path` (`members`: the params' members

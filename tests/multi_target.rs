@@ -62,18 +62,8 @@ fn sdk(url: &str, scenario: &str) -> Value {
 }
 
 fn sdk_mode(url: &str, scenario: &str, mode: &str) -> Value {
-    let out = Command::new(format!("{PEERS}/.venv/bin/python"))
-        .arg(format!("{PEERS}/multi_client.py"))
-        .args(["--url", url, "--scenario", scenario, "--mode", mode])
-        .output()
-        .expect("run the Python MCP client (tests/peers/setup.sh installs it)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "client printed no JSON ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    let args = ["--url", url, "--scenario", scenario, "--mode", mode];
+    support::mcp::peer_client("multi_client.py", &args)
 }
 
 /// The pid of target `name`'s child in session `sid`, from the log.

@@ -5,7 +5,6 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -38,19 +37,9 @@ pub fn start_with(config: impl Fn(&FakeTailscaled) -> String) -> (FakeTailscaled
 }
 
 pub fn modern_client(url: &str, src: &str, args: &[&str]) -> Value {
-    let out = Command::new(format!("{PEERS}/.venv/bin/python"))
-        .arg(format!("{PEERS}/modern_client.py"))
-        .args(["--url", url, "--source-ip", src])
-        .args(args)
-        .output()
-        .expect("run the Python MCP client (tests/peers/setup.sh installs it)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "client printed no JSON ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    let mut all = vec!["--url", url, "--source-ip", src];
+    all.extend(args);
+    crate::support::mcp::peer_client("modern_client.py", &all)
 }
 
 /// A raw modern POST over HTTP/1.0 (the stream then ends with the

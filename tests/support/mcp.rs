@@ -8,6 +8,24 @@ use serde_json::{json, Value};
 
 use super::{connect_from, request_from, Proxy, Resp};
 
+/// Runs one of the Python MCP clients in tests/peers (with the venv that
+/// tests/peers/setup.sh installs) and reads the one JSON object it prints.
+pub fn peer_client(script: &str, args: &[&str]) -> Value {
+    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
+    let out = std::process::Command::new(format!("{peers}/.venv/bin/python"))
+        .arg(format!("{peers}/{script}"))
+        .args(args)
+        .output()
+        .expect("run the Python MCP client (tests/peers/setup.sh installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "client printed no JSON ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 pub const ACCEPT: &str = "application/json, text/event-stream";
 
 /// server-everything's entry point (installed by tests/peers/setup.sh).
