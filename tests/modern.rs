@@ -16,12 +16,7 @@ use support::*;
 fn assert_full_run(v: &Value) {
     assert_eq!(v["ok"], true, "{v:#}");
     assert_eq!(v["protocol_version"], V, "{v:#}");
-    let tools: Vec<&str> = v["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
+    let tools: Vec<&str> = support::mcp::strings(&v["tools"]);
     for t in ["echo", "get-sum", "trigger-long-running-operation"] {
         assert!(tools.contains(&t), "{t} in {tools:?}");
     }

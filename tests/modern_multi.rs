@@ -80,6 +80,12 @@ fn route(name: &str, path: &str, extra: &str, targets: &[String], policies: &str
 }
 
 /// One worker, so every request meets the same shared children.
+/// server-everything and server-memory (its store in `dir`) on /mcp.
+fn two_servers(dir: &std::path::Path) -> Proxy {
+    let targets = [everything(), memory(dir)];
+    Proxy::start(&config(&[route("multi", "/mcp", "", &targets, "")]), &[])
+}
+
 fn config(routes: &[String]) -> String {
     format!(
         "config:\n  workerThreads: 1\n  mcp: {{stopGrace: 500ms}}\nbinds:\n- port: 0\n  address: 127.0.0.1\n  listeners:\n  - routes:\n{}",
@@ -171,16 +177,7 @@ fn names(answer: &Value, key: &str, field: &str) -> Vec<String> {
 #[test]
 fn a_modern_client_sees_both_servers_and_its_calls_reach_the_right_child() {
     let dir = temp_dir("two");
-    let p = Proxy::start(
-        &config(&[route(
-            "multi",
-            "/mcp",
-            "",
-            &[everything(), memory(&dir)],
-            "",
-        )]),
-        &[],
-    );
+    let p = two_servers(&dir);
     let out = sdk(&format!("http://{}/mcp", p.addr()), "two-servers", V);
     assert_eq!(out["ok"], true, "{out:#}");
     assert_eq!(out["protocol_version"], V, "{out:#}");
@@ -261,16 +258,7 @@ fn a_modern_client_sees_both_servers_and_its_calls_reach_the_right_child() {
 #[test]
 fn discover_merges_the_targets_and_names_ringgate() {
     let dir = temp_dir("discover");
-    let p = Proxy::start(
-        &config(&[route(
-            "multi",
-            "/mcp",
-            "",
-            &[everything(), memory(&dir)],
-            "",
-        )]),
-        &[],
-    );
+    let p = two_servers(&dir);
     let d = answer(&p, "/mcp", "server/discover", "", None);
     let r = &d["result"];
     assert!(
@@ -305,16 +293,7 @@ fn discover_merges_the_targets_and_names_ringgate() {
 #[test]
 fn unknown_names_targets_and_cursors_get_invalid_params() {
     let dir = temp_dir("unknown");
-    let p = Proxy::start(
-        &config(&[route(
-            "multi",
-            "/mcp",
-            "",
-            &[everything(), memory(&dir)],
-            "",
-        )]),
-        &[],
-    );
+    let p = two_servers(&dir);
     let cases = [
         (
             "tools/call",
@@ -543,16 +522,7 @@ fn next_update(r: &mut std::io::BufReader<std::net::TcpStream>) -> Value {
 #[test]
 fn listen_subscribes_each_target_and_renames_its_updates() {
     let dir = temp_dir("listen");
-    let p = Proxy::start(
-        &config(&[route(
-            "multi",
-            "/mcp",
-            "",
-            &[everything(), memory(&dir)],
-            "",
-        )]),
-        &[],
-    );
+    let p = two_servers(&dir);
     let list = answer(&p, "/mcp", "resources/list", "", None);
     let uri = names(&list, "resources", "uri")
         .into_iter()

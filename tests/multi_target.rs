@@ -112,12 +112,7 @@ fn two_real_servers_behind_one_route_with_the_python_sdk() {
         out["server"], "ringgate",
         "ringgate's own serverInfo: {out:#}"
     );
-    let tools: Vec<&str> = out["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
+    let tools: Vec<&str> = strings(&out["tools"]);
     for t in [
         "everything_echo",
         "everything_get-sum",
@@ -137,12 +132,7 @@ fn two_real_servers_behind_one_route_with_the_python_sdk() {
         .unwrap()
         .iter()
         .all(|p| p.as_str().unwrap().starts_with("everything_")));
-    let resources: Vec<&str> = out["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap())
-        .collect();
+    let resources: Vec<&str> = strings(&out["resources"]);
     assert!(
         resources
             .iter()
@@ -190,12 +180,7 @@ fn twins_never_cross_ids_progress_or_server_requests() {
     );
     let out = sdk(&format!("http://{}{PATH}", p.addr()), "twins");
     assert_eq!(out["ok"], true, "{out:#}");
-    let tools: Vec<&str> = out["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
+    let tools: Vec<&str> = strings(&out["tools"]);
     assert!(
         tools.contains(&"a_echo") && tools.contains(&"b_echo"),
         "{tools:?}"
@@ -429,12 +414,7 @@ fn prefix_mode_never_refuses_a_clash_at_load_and_routes_by_name() {
     let never_scenario = |p: &Proxy| {
         let out = sdk(&format!("http://{}{PATH}", p.addr()), "never");
         assert_eq!(out["ok"], true, "{out:#}");
-        let tools: Vec<&str> = out["tools"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_str().unwrap())
-            .collect();
+        let tools: Vec<&str> = strings(&out["tools"]);
         assert!(
             tools.contains(&"echo") && tools.contains(&"read_graph"),
             "{tools:?}"

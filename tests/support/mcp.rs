@@ -26,6 +26,12 @@ pub fn peer_client(script: &str, args: &[&str]) -> Value {
     })
 }
 
+/// The strings of a JSON array (a client's list of tool names...).
+pub fn strings(v: &Value) -> Vec<&str> {
+    let items = v.as_array().unwrap_or_else(|| panic!("not an array: {v}"));
+    items.iter().map(|t| t.as_str().unwrap()).collect()
+}
+
 pub const ACCEPT: &str = "application/json, text/event-stream";
 
 /// server-everything's entry point (installed by tests/peers/setup.sh).
