@@ -298,6 +298,8 @@ pub struct McpBackend {
     /// YAML path of its `targets` list, for errors found after compiling
     /// (the `prefixMode: never` probe, `mcp::probe`).
     pub targets_path: String,
+    /// [`McpBackend::key`], made once: requests look sessions up by it.
+    pub key: std::sync::OnceLock<String>,
 }
 
 /// `mcp.targets[]`: one stdio MCP server.
@@ -309,6 +311,9 @@ pub struct McpTarget {
     pub cmd: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// [`McpTarget::key`], made once: modern requests find their shared
+    /// children by it. A compiled config is not changed afterwards.
+    pub key: std::sync::OnceLock<String>,
 }
 
 /// `mcp.prefixMode` (agentgateway's spelling).
@@ -335,38 +340,42 @@ pub enum TargetFailureMode {
 
 impl McpTarget {
     /// Identifies what a pool spawns: a reload that keeps it keeps the pool.
-    pub fn key(&self) -> String {
-        let mut k = format!("{}\0{}", self.name, self.cmd);
-        for a in &self.args {
-            k.push('\0');
-            k.push_str(a);
-        }
-        for (n, v) in &self.env {
-            k.push_str(&format!("\0{n}={v}"));
-        }
-        k
+    pub fn key(&self) -> &str {
+        self.key.get_or_init(|| {
+            let mut k = format!("{}\0{}", self.name, self.cmd);
+            for a in &self.args {
+                k.push('\0');
+                k.push_str(a);
+            }
+            for (n, v) in &self.env {
+                k.push_str(&format!("\0{n}={v}"));
+            }
+            k
+        })
     }
 }
 
 impl McpBackend {
     /// Identifies a backend: a reload that keeps it keeps its sessions. With
     /// one target and the default modes, the target's own key.
-    pub fn key(&self) -> String {
-        let mut k = self
-            .targets
-            .iter()
-            .map(McpTarget::key)
-            .collect::<Vec<_>>()
-            .join("\x01");
-        if self.prefix_mode != PrefixMode::default()
-            || self.failure_mode != TargetFailureMode::default()
-        {
-            k.push_str(&format!(
-                "\x01{:?}/{:?}",
-                self.prefix_mode, self.failure_mode
-            ));
-        }
-        k
+    pub fn key(&self) -> &str {
+        self.key.get_or_init(|| {
+            let mut k = self
+                .targets
+                .iter()
+                .map(McpTarget::key)
+                .collect::<Vec<_>>()
+                .join("\x01");
+            if self.prefix_mode != PrefixMode::default()
+                || self.failure_mode != TargetFailureMode::default()
+            {
+                k.push_str(&format!(
+                    "\x01{:?}/{:?}",
+                    self.prefix_mode, self.failure_mode
+                ));
+            }
+            k
+        })
     }
 
     /// Whether tool and prompt names carry the target's prefix.

@@ -169,13 +169,13 @@ impl McpWorker {
         });
         for m in targets(config) {
             let pool = me.new_pool(m);
-            me.pools.borrow_mut().insert(m.key(), pool);
+            me.pools.borrow_mut().insert(m.key().to_string(), pool);
         }
         me
     }
 
     fn new_pool(&self, m: &crate::config::McpTarget) -> Rc<Pool> {
-        let cfg = self.pool_config(&m.key());
+        let cfg = self.pool_config(m.key());
         let spec = crate::pool::ChildSpec::of_target(m);
         let pool = Pool::new(
             spec,
@@ -183,9 +183,9 @@ impl McpWorker {
             self.live.clone(),
             format!("{}/w{}", m.name, self.worker),
         );
-        let board = self.hub.board(&m.key());
+        let board = self.hub.board(m.key());
         pool.publish_idle(board.clone(), self.worker);
-        self.boards.borrow_mut().insert(m.key(), board);
+        self.boards.borrow_mut().insert(m.key().to_string(), board);
         pool
     }
 
@@ -208,7 +208,7 @@ impl McpWorker {
             p.reconfigure(self.pool_config(k));
         }
         let wanted: HashMap<String, &crate::config::McpTarget> =
-            targets(config).map(|m| (m.key(), m)).collect();
+            targets(config).map(|m| (m.key().to_string(), m)).collect();
         let mut pools = self.pools.borrow_mut();
         let gone: Vec<String> = pools
             .keys()

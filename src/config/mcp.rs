@@ -82,6 +82,7 @@ fn mcp_backend(m: &Map, errs: &mut ConfigErrors) -> Option<McpBackend> {
         prefix_mode,
         failure_mode,
         targets_path: p,
+        key: Default::default(),
     })
 }
 
@@ -139,6 +140,7 @@ fn target(node: Node, index: usize, errs: &mut ConfigErrors) -> Option<McpTarget
         cmd: cmd?,
         args,
         env,
+        key: Default::default(),
     })
 }
 

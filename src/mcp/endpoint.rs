@@ -36,19 +36,19 @@ pub async fn handle(
     };
     let resp = match req.method() {
         "GET" | "DELETE" if modern::is_modern_header(req) => modern::not_allowed(),
-        "POST" => post(mcp, backend_cfg, &backend, req, identity, authz, &mut log).await,
+        "POST" => post(mcp, backend_cfg, backend, req, identity, authz, &mut log).await,
         "GET" => {
             if !accepts_sse(req) {
                 return (Response::text(406, NOT_ACCEPTABLE), log);
             }
             match &log.session {
                 None => Response::text(400, "Bad Request: Mcp-Session-Id header is required"),
-                Some(s) => to_owner(mcp, job(req, s, identity, &backend, Op::Get)).await,
+                Some(s) => to_owner(mcp, job(req, s, identity, backend, Op::Get)).await,
             }
         }
         "DELETE" => match &log.session {
             None => Response::text(400, "Bad Request: Mcp-Session-Id header is required"),
-            Some(s) => to_owner(mcp, job(req, s, identity, &backend, Op::Delete)).await,
+            Some(s) => to_owner(mcp, job(req, s, identity, backend, Op::Delete)).await,
         },
         _ => Response::text(405, "Method Not Allowed").header("allow", "GET, POST, DELETE"),
     };

@@ -269,7 +269,7 @@ pub async fn post(
             elicitation: envelope::declares(&env, "elicitation"),
             sampling: envelope::declares(&env, "sampling"),
             identity: state::digest(&[identity.as_bytes()]),
-            binding: state::binding(method, name.as_deref().unwrap_or(""), &backend.key()),
+            binding: state::binding(method, name.as_deref().unwrap_or(""), backend.key()),
         };
         if let Some(token) = env.request_state {
             return retry(&env, token, &m);

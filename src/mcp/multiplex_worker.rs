@@ -29,7 +29,7 @@ pub(super) fn backend_map(
     let mcp = routes
         .filter_map(|r| r.backend.as_ref())
         .map(|crate::config::Backend::Mcp(m)| m);
-    mcp.map(|m| (m.key(), m.clone())).collect()
+    mcp.map(|m| (m.key().to_string(), m.clone())).collect()
 }
 
 impl McpWorker {
@@ -80,7 +80,7 @@ impl McpWorker {
         // go to another worker's refill first).
         let mut rooms = 0;
         for t in &backend.targets {
-            let pool = self.pools.borrow().get(&t.key()).cloned();
+            let pool = self.pools.borrow().get(t.key()).cloned();
             let got = loop {
                 let Some(p) = &pool else {
                     break Err(Reply::Status(503, "MCP target not available"));

@@ -163,6 +163,7 @@ fn sh_target(name: &str, script: &str) -> McpTarget {
         cmd: "sh".into(),
         args: vec!["-c".into(), script.into()],
         env: Vec::new(),
+        key: Default::default(),
     }
 }
 

@@ -107,7 +107,11 @@ impl McpWorker {
     /// has an idle child of every target, else the worker with idle children
     /// of the most targets, if that is more than here.
     pub(super) fn place_multi(&self, backend: &McpBackend) -> Place {
-        let keys: Vec<String> = backend.targets.iter().map(|t| t.key()).collect();
+        let keys: Vec<String> = backend
+            .targets
+            .iter()
+            .map(|t| t.key().to_string())
+            .collect();
         let count = |w: usize| keys.iter().filter(|k| self.idle_on(k, w) > 0).count();
         let here = count(self.worker);
         if here == keys.len() {

@@ -238,7 +238,7 @@ impl Shared {
     /// The target's shared children, started on first use.
     pub fn target(&self, m: &McpTarget) -> Rc<Target> {
         let key = m.key();
-        if let Some(t) = self.targets.borrow().get(&key) {
+        if let Some(t) = self.targets.borrow().get(key) {
             return t.clone();
         }
         let s = self.settings.borrow().clone();
@@ -268,7 +268,7 @@ impl Shared {
         for slot in 0..s.shared_children {
             monoio::spawn(keep_slot(t.clone(), slot));
         }
-        self.targets.borrow_mut().insert(key, t.clone());
+        self.targets.borrow_mut().insert(key.to_string(), t.clone());
         t
     }
 
@@ -276,7 +276,9 @@ impl Shared {
     /// longer configured stop.
     pub fn reload(&self, config: &Config) {
         *self.settings.borrow_mut() = config.mcp.clone();
-        let wanted: Vec<String> = crate::mcp::targets(config).map(|m| m.key()).collect();
+        let wanted: Vec<String> = crate::mcp::targets(config)
+            .map(|m| m.key().to_string())
+            .collect();
         let gone: Vec<Rc<Target>> = {
             let mut targets = self.targets.borrow_mut();
             let keys: Vec<String> = targets

@@ -256,7 +256,7 @@ async fn routed(c: &Call<'_>, naming: &Naming, log: &mut McpLog) -> Response {
             elicitation: envelope::declares(&env, "elicitation"),
             sampling: envelope::declares(&env, "sampling"),
             identity: state::digest(&[c.identity.as_bytes()]),
-            binding: state::binding(c.method, child_name.as_deref().unwrap_or(""), &cfg.key()),
+            binding: state::binding(c.method, child_name.as_deref().unwrap_or(""), cfg.key()),
         };
         if let Some(token) = env.request_state {
             let mut r = retry(&env, token, &m);
