@@ -13,6 +13,7 @@
 //! `config.logging.format: json` the line is one JSON object instead.
 
 use std::fmt::{Display, Write};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tracing::info;
@@ -26,6 +27,9 @@ use crate::request::{Handled, PeerAddr, Request};
 /// One line, written field by field into a single buffer.
 struct Line<'c> {
     out: String,
+    /// Where the message begins: after the timestamp and level when the
+    /// line goes straight to the log writer, else 0.
+    start: usize,
     json: bool,
     remove: &'c [String],
 }
@@ -33,19 +37,64 @@ struct Line<'c> {
 impl<'c> Line<'c> {
     fn new(ctx: &'c BindCtx) -> Self {
         let cfg = ctx.config();
-        Line::with(
-            cfg.logging.format == LogFormat::Json,
-            &cfg.access_log.remove,
-        )
+        let json = cfg.logging.format == LogFormat::Json;
+        let mut line = Line::with(json, &cfg.access_log.remove);
+        if !json && crate::logging::access_direct() {
+            let mut out = String::with_capacity(320);
+            crate::logging::access_prefix(&mut out);
+            line.start = out.len();
+            out.push_str(&line.out);
+            line.out = out;
+        }
+        line
     }
 
     fn with(json: bool, remove: &'c [String]) -> Self {
         let mut out = String::with_capacity(256);
         out.push_str(if json { "{" } else { "request" });
-        Line { out, json, remove }
+        Line {
+            out,
+            start: 0,
+            json,
+            remove,
+        }
     }
 
     fn field(&mut self, name: &str, value: impl Display) {
+        self.field_with(name, |out| {
+            let _ = write!(out, "{value}");
+        });
+    }
+
+    fn field_str(&mut self, name: &str, value: &str) {
+        self.field_with(name, |out| out.push_str(value));
+    }
+
+    fn field_uint(&mut self, name: &str, value: u64) {
+        self.field_with(name, |out| push_uint(out, value));
+    }
+
+    fn field_addr(&mut self, name: &str, addr: SocketAddr) {
+        self.field_with(name, |out| match addr {
+            SocketAddr::V4(a) => {
+                for (i, o) in a.ip().octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push('.');
+                    }
+                    push_uint(out, o.into());
+                }
+                out.push(':');
+                push_uint(out, a.port().into());
+            }
+            SocketAddr::V6(_) => {
+                let _ = write!(out, "{addr}");
+            }
+        });
+    }
+
+    /// Writes ` name=value` (or `"name":"value"`), the value by `write`,
+    /// quoted and escaped when it must be.
+    fn field_with(&mut self, name: &str, write: impl FnOnce(&mut String)) {
         if self.remove.iter().any(|r| r == name) {
             return;
         }
@@ -56,7 +105,7 @@ impl<'c> Line<'c> {
             push_json_str(&mut self.out, name);
             self.out.push_str(":\"");
             let at = self.out.len();
-            let _ = write!(self.out, "{value}");
+            write(&mut self.out);
             // Written in place between quotes; the rare value that needs
             // escaping is taken out and written again as a JSON string.
             if needs_json_escape(&self.out[at..]) {
@@ -67,11 +116,12 @@ impl<'c> Line<'c> {
                 self.out.push('"');
             }
         } else {
-            let _ = write!(self.out, " {name}=");
+            self.out.push(' ');
+            self.out.push_str(name);
+            self.out.push('=');
             let at = self.out.len();
-            let _ = write!(self.out, "{value}");
-            let v = &self.out[at..];
-            if v.is_empty() || v.contains([' ', '"', '=']) || v.contains(char::is_control) {
+            write(&mut self.out);
+            if needs_text_quotes(&self.out[at..]) {
                 let v = self.out.split_off(at);
                 let _ = write!(self.out, "{v:?}");
             }
@@ -87,11 +137,38 @@ impl<'c> Line<'c> {
     }
 
     fn emit(self) {
+        let start = self.start;
         let line = self.finish();
-        if !crate::logging::access_line(&line) {
+        if start > 0 {
+            crate::logging::access_line(line);
+        } else {
             info!(target: TARGET, "{}", line);
         }
     }
+}
+
+/// A text value is quoted (as Rust's `{:?}` writes a string) when it is
+/// empty or holds a space, a quote, an `=` or a control character.
+fn needs_text_quotes(v: &str) -> bool {
+    v.is_empty()
+        || v.bytes()
+            .any(|b| matches!(b, b' ' | b'"' | b'=') || b < 0x20 || b == 0x7f)
+        || (!v.is_ascii() && v.contains(char::is_control))
+}
+
+/// Appends the decimal digits of `v`.
+fn push_uint(out: &mut String, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
 fn needs_json_escape(s: &str) -> bool {
@@ -132,23 +209,23 @@ pub fn request(ctx: &BindCtx, req: &Request, handled: &Handled, elapsed: Duratio
         }
     }
     let mut line = Line::new(ctx);
-    line.field("src.addr", req.peer.0);
-    line.field("http.method", req.method());
-    line.field("http.path", req.path());
-    line.field("http.status", handled.resp.status);
+    line.field_addr("src.addr", req.peer.0);
+    line.field_str("http.method", req.method());
+    line.field_str("http.path", req.path());
+    line.field_uint("http.status", handled.resp.status.into());
     if let Some(m) = &handled.mcp {
-        line.field("protocol", "mcp");
+        line.field_str("protocol", "mcp");
         if let Some(v) = &m.method {
-            line.field("mcp.method.name", v);
+            line.field_str("mcp.method.name", v);
         }
         if let Some(v) = &m.tool {
-            line.field("gen_ai.tool.name", v);
+            line.field_str("gen_ai.tool.name", v);
         }
         if let Some(v) = &m.target {
-            line.field("mcp.target", v);
+            line.field_str("mcp.target", v);
         }
         if let Some(v) = &m.session {
-            line.field("mcp.session.id", v);
+            line.field_str("mcp.session.id", v);
         }
         if let Some(d) = m.authz {
             line.field("mcp.authz", d);
@@ -163,13 +240,13 @@ pub fn request(ctx: &BindCtx, req: &Request, handled: &Handled, elapsed: Duratio
         }
     }
     if let Some(route) = handled.route {
-        line.field("route", &route.name);
+        line.field_str("route", &route.name);
     }
     if let Some(source) = handled.authz_source {
-        line.field("authz", source.as_str());
+        line.field_str("authz", source.as_str());
     }
-    line.field("duration", DurationText(elapsed));
-    line.field("worker", ctx.worker.id.0);
+    line.field_with("duration", |out| push_duration(out, elapsed));
+    line.field_uint("worker", ctx.worker.id.0 as u64);
     for (name, expr) in &cfg.add {
         // A field whose expression fails (no such metadata) is left out.
         match expr.extauthz_key() {
@@ -195,26 +272,24 @@ pub fn refused(ctx: &BindCtx, peer: PeerAddr, resp: &Response) {
         return;
     }
     let mut line = Line::new(ctx);
-    line.field("src.addr", peer.0);
-    line.field("http.status", resp.status);
-    line.field("worker", ctx.worker.id.0);
+    line.field_addr("src.addr", peer.0);
+    line.field_uint("http.status", resp.status.into());
+    line.field_uint("worker", ctx.worker.id.0 as u64);
     line.field("error", String::from_utf8_lossy(resp.body.as_slice()));
     line.emit();
 }
 
 /// `3ms`, `250us`, `1.2s`: short and readable.
-struct DurationText(Duration);
-
-impl std::fmt::Display for DurationText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let us = self.0.as_micros();
-        if us < 1000 {
-            write!(f, "{us}us")
-        } else if us < 10_000_000 {
-            write!(f, "{}ms", us / 1000)
-        } else {
-            write!(f, "{:.1}s", self.0.as_secs_f64())
-        }
+fn push_duration(out: &mut String, d: Duration) {
+    let us = d.as_micros() as u64;
+    if us < 1000 {
+        push_uint(out, us);
+        out.push_str("us");
+    } else if us < 10_000_000 {
+        push_uint(out, us / 1000);
+        out.push_str("ms");
+    } else {
+        let _ = write!(out, "{:.1}s", d.as_secs_f64());
     }
 }
 
@@ -278,5 +353,35 @@ mod tests {
         l.field("caps", &caps);
         let v: serde_json::Value = serde_json::from_str(&l.finish()).unwrap();
         assert_eq!(v["caps"], r#"{"example.com/cap/mcp":[{"tools":["echo"]}]}"#);
+    }
+
+    /// The number, address and duration writers write what `Display` does.
+    #[test]
+    fn fast_writers_match_display() {
+        for v in [0u64, 7, 10, 403, 65_535, u64::MAX] {
+            let mut out = String::new();
+            push_uint(&mut out, v);
+            assert_eq!(out, v.to_string());
+        }
+        for a in ["127.0.0.1:5", "10.200.0.255:65535", "[::1]:8080"] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let mut l = Line::with(false, &[]);
+            l.field_addr("src.addr", addr);
+            assert_eq!(l.finish(), format!("request src.addr={a}"));
+        }
+        for (us, text) in [
+            (0, "0us"),
+            (999, "999us"),
+            (1000, "1ms"),
+            (9_999_999, "9999ms"),
+        ] {
+            let mut out = String::new();
+            push_duration(&mut out, Duration::from_micros(us));
+            assert_eq!(out, text);
+        }
+        let mut out = String::new();
+        push_duration(&mut out, Duration::from_millis(12_345));
+        assert_eq!(out, "12.3s");
+        assert!(needs_text_quotes("a\u{85}b") && !needs_text_quotes("é"));
     }
 }

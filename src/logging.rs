@@ -85,32 +85,74 @@ pub fn set_level(level: Option<&str>) {
 /// formatter: the text format without colours, with the writer thread on.
 static ACCESS_DIRECT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Queues an access-log line (already filtered with `tracing::enabled!`)
-/// straight to the log writer, as the text format would write it: the same
-/// timestamp and level, then the message in one piece. The message is
-/// already quoted and escaped field by field (`access_log`), so it skips
-/// `tracing`'s dispatch, its formatter, and the escaping writer that copies
-/// a message one character at a time (together about a tenth of a worker's
-/// CPU with the log on). False when the format needs `tracing` (JSON,
-/// colours): the caller logs the line through it.
-pub fn access_line(message: &str) -> bool {
-    if !ACCESS_DIRECT.load(std::sync::atomic::Ordering::Relaxed) {
-        return false;
-    }
-    sink::queue(access_text(message).into_bytes());
-    true
+/// Whether access lines go straight to the log writer ([`access_line`]).
+pub fn access_direct() -> bool {
+    ACCESS_DIRECT.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// An access line as `tracing-subscriber`'s text format (no target, no
-/// colours) writes an INFO event with this message.
-fn access_text(message: &str) -> String {
-    use tracing_subscriber::fmt::time::FormatTime;
-    let mut out = String::with_capacity(message.len() + 40);
-    let _ = tracing_subscriber::fmt::time::SystemTime.format_time(&mut Writer::new(&mut out));
+/// Queues an access-log line (already filtered with `tracing::enabled!`)
+/// straight to the log writer, as the text format would write it: the
+/// caller began it with [`access_prefix`] (the same timestamp and level)
+/// and wrote the message in one piece, already quoted and escaped field by
+/// field (`access_log`). It skips `tracing`'s dispatch, its formatter, and
+/// the escaping writer that copies a message one character at a time
+/// (together about a tenth of a worker's CPU with the log on). Only when
+/// [`access_direct`]: otherwise (JSON, colours) the line goes through
+/// `tracing`.
+pub fn access_line(mut line: String) {
+    line.push('\n');
+    sink::queue(line.as_bytes());
+}
+
+/// What the text format (no target, no colours) writes before an INFO
+/// event's message: the timestamp and the level.
+pub fn access_prefix(out: &mut String) {
+    timestamp(out);
     out.push_str("  INFO ");
-    out.push_str(message);
-    out.push('\n');
-    out
+}
+
+thread_local! {
+    /// `YYYY-MM-DDTHH:MM:SS` of the second last formatted on this thread.
+    static SECOND: std::cell::RefCell<(u64, String)> =
+        const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// The time as `tracing-subscriber`'s `SystemTime` writes it,
+/// `2026-12-06T09:54:06.123456Z`; the date and time of day are formatted
+/// once a second per thread.
+fn timestamp(out: &mut String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    SECOND.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            let (y, m, d) = crate::http::date::civil_from_days((secs / 86_400) as i64);
+            let rem = secs % 86_400;
+            c.1.clear();
+            let _ = std::fmt::Write::write_fmt(
+                &mut c.1,
+                format_args!(
+                    "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+                    rem / 3600,
+                    rem / 60 % 60,
+                    rem % 60
+                ),
+            );
+            c.0 = secs;
+        }
+        out.push_str(&c.1);
+    });
+    let mut micros = now.subsec_micros();
+    let mut digits = [b'0'; 8];
+    digits[0] = b'.';
+    digits[7] = b'Z';
+    for d in digits[1..7].iter_mut().rev() {
+        *d = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    out.push_str(std::str::from_utf8(&digits).unwrap_or(".000000Z"));
 }
 
 /// One JSON object per event: `timestamp`, `level`, `target`, `message`, and
@@ -240,12 +282,40 @@ mod tests {
                 tracing::info!(target: ACCESS_LOG_TARGET, "{}", m);
             }
         });
-        let ours: String = messages.iter().map(|m| access_text(m)).collect();
+        let ours: String = messages
+            .iter()
+            .map(|m| {
+                let mut l = String::new();
+                access_prefix(&mut l);
+                l.push_str(m);
+                l + "\n"
+            })
+            .collect();
         assert_eq!(strip_timestamps(&ours), full);
         assert!(full.starts_with(" INFO request src.addr=127.0.0.1:5 http.path=\"/a b\""));
         // 2026-12-06T09:54:06.123456Z
         let ts = ours.split(' ').next().unwrap();
         assert_eq!(ts.len(), 27, "{ts}");
         assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T' && ts.as_bytes()[19] == b'.');
+    }
+
+    /// The cached date and time of day agree with `tracing-subscriber`'s
+    /// own clock format (taken within the same second).
+    #[test]
+    fn timestamps_agree_with_the_text_formats() {
+        use tracing_subscriber::fmt::time::FormatTime;
+        for _ in 0..5 {
+            let mut theirs = String::new();
+            let _ = tracing_subscriber::fmt::time::SystemTime
+                .format_time(&mut Writer::new(&mut theirs));
+            let mut ours = String::new();
+            timestamp(&mut ours);
+            if theirs[..19] == ours[..19] {
+                assert_eq!(ours.len(), theirs.len(), "{ours} {theirs}");
+                assert!(ours.ends_with('Z') && ours.as_bytes()[19] == b'.', "{ours}");
+                return;
+            }
+        }
+        panic!("five tries crossed a second boundary or disagree");
     }
 }

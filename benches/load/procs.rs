@@ -7,14 +7,12 @@
 //! starts in their own process groups are handed to us, not to init, when
 //! ringgate goes: [`Server::stop`] kills their groups and reaps them.
 
-use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a server may take to say where it listens.
@@ -23,6 +21,18 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// Log lines kept for the error message of a failed run.
 const KEPT_LOG_LINES: usize = 40;
+
+/// The last 16 KiB of a file, as text.
+fn tail(path: &std::path::Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)))
+        .ok()?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
 
 /// The repository's root.
 pub fn root() -> PathBuf {
@@ -127,7 +137,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Where ringgate serves `/metrics` (`config.statsAddr`), when on.
     pub stats_addr: Option<SocketAddr>,
-    log: Arc<Mutex<VecDeque<String>>>,
+    /// ringgate's log file.
+    log: Option<PathBuf>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -151,6 +162,11 @@ impl Server {
         let dir = tempfile::tempdir().expect("temporary directory");
         let path = dir.path().join("ringgate.yaml");
         std::fs::write(&path, yaml).expect("write config");
+        // The log goes to a file, as a deployed proxy's goes to a file or
+        // journald: read through a pipe by this process, its lines would
+        // cost the bench CPU on the cores ringgate is measured on.
+        let log_path = dir.path().join("ringgate.log");
+        let log_file = std::fs::File::create(&log_path).expect("create the log file");
         let mut cmd = Command::new(bin);
         cmd.arg("-f")
             .arg(&path)
@@ -159,22 +175,40 @@ impl Server {
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::from(log_file));
         if own_group {
             cmd.process_group(0);
         }
         die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().expect("start ringgate");
+        let child = cmd.spawn().expect("start ringgate");
         let (tx, rx) = mpsc::channel();
-        let log = Arc::new(Mutex::new(VecDeque::new()));
-        let sink = log.clone();
-        let stderr = child.stderr.take().unwrap();
+        let reading = log_path.clone();
+        // Reads the log only until every worker has started.
         std::thread::spawn(move || {
-            let mut addr = None;
-            let mut stats = None;
-            let mut started = 0;
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
+            let Ok(file) = std::fs::File::open(&reading) else {
+                return;
+            };
+            let mut lines = BufReader::new(file);
+            let (mut addr, mut stats, mut started) = (None, None, 0);
+            let mut line = String::new();
+            let until = Instant::now() + START_TIMEOUT;
+            while Instant::now() < until {
+                line.clear();
+                match lines.read_line(&mut line) {
+                    Ok(0) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    Ok(_) if !line.ends_with('\n') => {
+                        // A line still being written: read it whole later.
+                        let back = -(line.len() as i64);
+                        let _ = lines.seek_relative(back);
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
                 if addr.is_none() && line.contains(" listening ") {
                     addr = field(&line, "bind.addr").and_then(|a| a.parse::<SocketAddr>().ok());
                 }
@@ -185,13 +219,9 @@ impl Server {
                     started += 1;
                     if started == threads {
                         let _ = tx.send((addr, stats));
+                        return;
                     }
                 }
-                let mut l = sink.lock().unwrap();
-                if l.len() == KEPT_LOG_LINES {
-                    l.pop_front();
-                }
-                l.push_back(line);
             }
         });
         let mut s = Server {
@@ -199,7 +229,7 @@ impl Server {
             child: Some(child),
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             stats_addr: None,
-            log,
+            log: Some(log_path),
             _dir: Some(dir),
         };
         match rx.recv_timeout(START_TIMEOUT) {
@@ -242,7 +272,7 @@ impl Server {
             child: Some(child),
             addr,
             stats_addr: None,
-            log: Arc::new(Mutex::new(VecDeque::new())),
+            log: None,
             _dir: None,
         }
     }
@@ -290,7 +320,7 @@ impl Server {
             child: Some(child),
             addr,
             stats_addr: None,
-            log: Arc::new(Mutex::new(VecDeque::new())),
+            log: None,
             _dir: Some(dir),
         };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -305,9 +335,13 @@ impl Server {
         self.child.as_ref().map_or(0, |c| c.id())
     }
 
+    /// The last lines of ringgate's log.
     pub fn log_tail(&self) -> String {
-        let l = self.log.lock().unwrap();
-        l.iter().cloned().collect::<Vec<_>>().join("\n")
+        let Some(text) = self.log.as_ref().and_then(|p| tail(p)) else {
+            return String::new();
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(KEPT_LOG_LINES)..].join("\n")
     }
 
     /// Panics (with the log) if the server died.

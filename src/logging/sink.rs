@@ -1,74 +1,153 @@
-//! Where log lines go: a bounded queue to one thread that writes them to
-//! stderr in batches. A worker formats its line and hands it over; it never
-//! waits on the terminal, a pipe or journald, and a burst of access-log lines
-//! costs one `write` per batch instead of one per line.
+//! Where log lines go: each thread appends its lines to a buffer of its
+//! own, and one thread takes the buffers in turn and writes them to stderr.
+//! A worker formats its line and appends it; it never waits on the
+//! terminal, a pipe or journald, and a burst of access-log lines costs one
+//! `write` per batch instead of one per line, with no allocation or channel
+//! message per line.
 //!
-//! The thread pauses a millisecond after each batch, so under load the
-//! workers queue lines without waking it; idle, it sleeps until a line comes.
+//! A thread whose buffer was empty tells the writer (one channel message);
+//! the writer then takes every buffer, writes them, and pauses a
+//! millisecond, so under load the workers append lines without waking it;
+//! idle, it sleeps until a line comes. Lines of one thread keep their order.
 //!
-//! When the writer falls behind by [`QUEUE_LINES`], new lines are dropped
-//! (a proxy worker must not stall on its log) and counted; the writer reports
-//! the count in the log once it catches up, and `/metrics` shows the total.
+//! When a thread's buffer holds [`THREAD_BUFFER_BYTES`] that the writer has
+//! not taken (it fell behind), new lines are dropped (a proxy worker must
+//! not stall on its log) and counted; the writer reports the count in the
+//! log once it catches up, and `/metrics` shows the total.
 
+use std::cell::RefCell;
 use std::io::{self, BufWriter, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
 
-/// Lines queued at most (a few MiB of text).
-pub const QUEUE_LINES: usize = 16 * 1024;
+/// Unwritten bytes a thread may hold (about 16k access lines).
+pub const THREAD_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// A taken buffer larger than this is shrunk after it is written, so a
+/// burst does not keep its memory.
+const KEPT_BUFFER_BYTES: usize = 256 * 1024;
 /// After writing a batch the thread pauses this long before taking the
-/// next: lines queued meanwhile find it not waiting, so queueing them wakes
-/// nobody (no futex call on the worker), and they leave in one write.
+/// next: lines appended meanwhile find their buffer not empty, so they wake
+/// nobody (no channel message, no futex call on the worker), and they leave
+/// in one write.
 const BATCH_PAUSE: Duration = Duration::from_millis(1);
 /// How long an exiting process waits for queued lines to be written.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 enum Msg {
-    Line(Vec<u8>),
+    /// A thread's buffer is no longer empty.
+    Ready,
     Flush(std::sync::mpsc::Sender<()>),
+}
+
+type Buffer = Arc<Mutex<Vec<u8>>>;
+
+/// Every thread's unwritten lines.
+struct Shelf {
+    buffers: Mutex<Vec<Buffer>>,
+    limit: usize,
+    dropped: AtomicU64,
 }
 
 struct Sink {
     tx: flume::Sender<Msg>,
-    dropped: AtomicU64,
+    shelf: Arc<Shelf>,
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
+thread_local! {
+    /// This thread's buffer, once it has logged.
+    static MINE: RefCell<Option<Buffer>> = const { RefCell::new(None) };
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shelf {
+    fn new(limit: usize) -> Self {
+        Shelf {
+            buffers: Mutex::new(Vec::new()),
+            limit,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Appends a whole line to this thread's buffer. True when the buffer
+    /// was empty: the writer must be told. A thread that is ending (its
+    /// buffer already gone) writes the line itself.
+    fn append(&self, line: &[u8]) -> bool {
+        let appended = MINE.try_with(|mine| {
+            let mut mine = mine.borrow_mut();
+            let buf = mine.get_or_insert_with(|| {
+                let b = Buffer::default();
+                lock(&self.buffers).push(b.clone());
+                b
+            });
+            let mut b = lock(buf);
+            if b.len() + line.len() > self.limit {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            let was_empty = b.is_empty();
+            b.extend_from_slice(line);
+            was_empty
+        });
+        appended.unwrap_or_else(|_| {
+            let _ = io::stderr().write_all(line);
+            false
+        })
+    }
+
+    /// Writes every thread's lines, swapping each buffer with `spare` so
+    /// that the threads append to an empty one meanwhile; forgets the
+    /// buffers of threads that ended.
+    fn drain(&self, out: &mut impl Write, spare: &mut Vec<u8>) {
+        let buffers = lock(&self.buffers).clone();
+        for b in &buffers {
+            std::mem::swap(&mut *lock(b), spare);
+            let _ = out.write_all(spare);
+            spare.clear();
+            if spare.capacity() > KEPT_BUFFER_BYTES {
+                spare.shrink_to(WRITE_BUFFER_BYTES);
+            }
+        }
+        drop(buffers);
+        lock(&self.buffers).retain(|b| Arc::strong_count(b) > 1 || !lock(b).is_empty());
+    }
+}
+
 /// Starts the writer thread (once); returns a guard that flushes on drop.
 pub fn start() -> io::Result<FlushGuard> {
     if SINK.get().is_none() {
-        let (tx, rx) = flume::bounded(QUEUE_LINES);
+        let (tx, rx) = flume::bounded(1024);
+        let shelf = Arc::new(Shelf::new(THREAD_BUFFER_BYTES));
+        let theirs = shelf.clone();
         std::thread::Builder::new()
             .name("ringgate-log".into())
-            .spawn(move || write_lines(rx, io::stderr()))?;
-        let _ = SINK.set(Sink {
-            tx,
-            dropped: AtomicU64::new(0),
-        });
+            .spawn(move || write_lines(rx, &theirs, io::stderr()))?;
+        let _ = SINK.set(Sink { tx, shelf });
     }
     Ok(FlushGuard)
 }
 
-fn write_lines(rx: flume::Receiver<Msg>, out: impl Write) {
+fn write_lines(rx: flume::Receiver<Msg>, shelf: &Shelf, out: impl Write) {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, out);
+    let mut spare = Vec::new();
     let mut reported = 0;
     while let Ok(first) = rx.recv() {
         let mut acks = Vec::new();
-        // Everything already queued goes out in the same writes.
         for msg in std::iter::once(first).chain(rx.try_iter()) {
-            match msg {
-                Msg::Line(l) => {
-                    let _ = out.write_all(&l);
-                }
-                Msg::Flush(ack) => acks.push(ack),
+            if let Msg::Flush(ack) = msg {
+                acks.push(ack);
             }
         }
-        let dropped = dropped_lines();
+        shelf.drain(&mut out, &mut spare);
+        let dropped = shelf.dropped.load(Ordering::Relaxed);
         if dropped > reported {
             let _ = writeln!(
                 out,
@@ -85,9 +164,10 @@ fn write_lines(rx: flume::Receiver<Msg>, out: impl Write) {
     }
 }
 
-/// Lines dropped since start because the queue was full.
+/// Lines dropped since start because the writer fell behind.
 pub fn dropped_lines() -> u64 {
-    SINK.get().map_or(0, |s| s.dropped.load(Ordering::Relaxed))
+    SINK.get()
+        .map_or(0, |s| s.shelf.dropped.load(Ordering::Relaxed))
 }
 
 /// Waits (up to a bound) until every line queued so far is written.
@@ -123,8 +203,19 @@ impl<'a> MakeWriter<'a> for MakeLine {
 pub struct Line(Vec<u8>);
 
 /// Queues a whole line (ending in a newline) for the writer thread.
-pub fn queue(line: Vec<u8>) {
-    drop(Line(line));
+pub fn queue(line: &[u8]) {
+    match SINK.get() {
+        Some(sink) => {
+            // When the channel is full, a `Ready` is already waiting.
+            if sink.shelf.append(line) {
+                let _ = sink.tx.try_send(Msg::Ready);
+            }
+        }
+        // Not started (tests, early errors): write it directly.
+        None => {
+            let _ = io::stderr().write_all(line);
+        }
+    }
 }
 
 impl Write for Line {
@@ -139,20 +230,8 @@ impl Write for Line {
 
 impl Drop for Line {
     fn drop(&mut self) {
-        if self.0.is_empty() {
-            return;
-        }
-        let line = std::mem::take(&mut self.0);
-        match SINK.get() {
-            Some(sink) => {
-                if sink.tx.try_send(Msg::Line(line)).is_err() {
-                    sink.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            // Not started (tests, early errors): write it directly.
-            None => {
-                let _ = io::stderr().write_all(&line);
-            }
+        if !self.0.is_empty() {
+            queue(&self.0);
         }
     }
 }
@@ -160,7 +239,6 @@ impl Drop for Line {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<(Vec<u8>, usize)>>);
@@ -177,27 +255,66 @@ mod tests {
         }
     }
 
-    /// Lines queued while the writer is busy leave in one write, in order,
-    /// and a flush waits for all of them.
+    /// Lines appended by several threads while the writer waits leave in
+    /// one write, each thread's in order, and a flush waits for all of them.
     #[test]
-    fn queued_lines_are_written_in_order_in_batches() {
-        let (tx, rx) = flume::bounded(QUEUE_LINES);
-        for i in 0..1000 {
-            tx.send(Msg::Line(format!("line {i}\n").into_bytes()))
-                .unwrap();
+    fn threads_lines_are_written_in_order_in_batches() {
+        let shelf = Arc::new(Shelf::new(THREAD_BUFFER_BYTES));
+        let (tx, rx) = flume::bounded(16);
+        let threads: Vec<_> = (0..3)
+            .map(|t| {
+                let (shelf, tx) = (shelf.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    for i in 0..300 {
+                        if shelf.append(format!("t{t} line {i}\n").as_bytes()) {
+                            tx.send(Msg::Ready).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
         }
         let (ack, done) = std::sync::mpsc::channel();
         tx.send(Msg::Flush(ack)).unwrap();
         let out = Shared::default();
         let sink = out.clone();
-        let t = std::thread::spawn(move || write_lines(rx, sink));
+        let theirs = shelf.clone();
+        let writer = std::thread::spawn(move || write_lines(rx, &theirs, sink));
         done.recv_timeout(Duration::from_secs(10)).unwrap();
         let (text, writes) = out.0.lock().unwrap().clone();
-        let want: String = (0..1000).map(|i| format!("line {i}\n")).collect();
-        assert_eq!(String::from_utf8(text).unwrap(), want);
-        // 7 KiB of lines through a 64 KiB buffer: one write, not 1000.
+        let text = String::from_utf8(text).unwrap();
+        for t in 0..3 {
+            let mine: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("t{t} ")))
+                .collect();
+            let want: Vec<String> = (0..300).map(|i| format!("t{t} line {i}")).collect();
+            assert_eq!(mine, want);
+        }
+        assert_eq!(text.lines().count(), 900);
+        // 12 KiB of lines through a 64 KiB buffer: one write, not 900.
         assert_eq!(writes, 1);
+        // The ended threads' buffers are forgotten once written.
+        assert!(lock(&shelf.buffers).is_empty());
         drop(tx);
-        t.join().unwrap();
+        writer.join().unwrap();
+    }
+
+    /// A thread whose unwritten lines reach the limit drops (and counts)
+    /// new lines instead of waiting; once written, it logs again.
+    #[test]
+    fn a_full_buffer_drops_and_counts_lines() {
+        let shelf = Shelf::new(64);
+        let line = [b'x'; 30];
+        assert!(shelf.append(&line), "the first line finds the buffer empty");
+        assert!(!shelf.append(&line));
+        assert!(!shelf.append(&line), "over the limit: dropped");
+        assert_eq!(shelf.dropped.load(Ordering::Relaxed), 1);
+        let mut out = Vec::new();
+        shelf.drain(&mut out, &mut Vec::new());
+        assert_eq!(out.len(), 60);
+        assert!(shelf.append(&line), "written: the buffer is empty again");
     }
 }
