@@ -20,6 +20,10 @@ use crate::mcp::jsonrpc;
 use crate::pipeline::{self, Admission};
 use crate::request::{Handled, PeerAddr, Request};
 
+mod handover;
+pub use handover::{adopt_loop, Handover, DEPTH as HANDOVER_DEPTH};
+use handover::{Carried, Offer};
+
 /// Smallest free space offered to one read.
 const MIN_READ_BYTES: usize = 4096;
 /// While lingering, how long one read may wait for the client's next bytes
@@ -48,10 +52,25 @@ async fn read_more(stream: &mut TcpStream, mut buf: Vec<u8>, deadline: Instant) 
     }
 }
 
-/// Serves one connection until it closes.
-pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _guard: ConnGuard) {
+/// Serves one connection until it closes (or moves to another worker).
+pub async fn serve(stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, guard: ConnGuard) {
+    serve_from(stream, peer, ctx, guard, Carried::default()).await
+}
+
+/// Serves a connection that brings `carried` (a moved one, see [`handover`]).
+async fn serve_from(
+    mut stream: TcpStream,
+    peer: PeerAddr,
+    ctx: Rc<BindCtx>,
+    _guard: ConnGuard,
+    carried: Carried,
+) {
     let limits = &ctx.config().limits;
-    let mut buf: Vec<u8> = Vec::with_capacity(MIN_READ_BYTES);
+    let mut buf = carried.buf;
+    if buf.capacity() == 0 {
+        buf = Vec::with_capacity(MIN_READ_BYTES);
+    }
+    let mut handed_started = carried.started;
     let mut out: Vec<u8> = Vec::with_capacity(OUT_BYTES);
     let mut reader = RequestReader::default();
     let peer_ip = peer.ip().to_string();
@@ -95,9 +114,18 @@ pub async fn serve(mut stream: TcpStream, peer: PeerAddr, ctx: Rc<BindCtx>, _gua
             };
             ctx.worker.stats.add_bytes(buf.len() - before, 0);
         }
-        let started = Instant::now();
+        let started = handed_started.take().unwrap_or_else(Instant::now);
         let head = reader.head().expect("the head is parsed");
         let (head_len, body_kind) = (head.len, head.body);
+
+        // A request naming another worker's session: the connection moves
+        // there, before anything of it is authorized here.
+        if let Some(owner) = handover::owner_elsewhere(&ctx, &buf, head) {
+            match handover::offer(&stream, &ctx, owner, peer, buf, started).await {
+                Offer::Moved | Offer::Lost => return,
+                Offer::Stays(b) => buf = b,
+            }
+        }
 
         // 2. Route, CORS and extAuthz on the head alone.
         let admission = {

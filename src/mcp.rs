@@ -75,18 +75,41 @@ const NO_SERVER: &str = "no MCP server available";
 /// by all of them.
 pub struct Hub {
     inboxes: Vec<flume::Sender<Job>>,
+    /// Connections moving to the worker that owns their session.
+    conns: Vec<flume::Sender<crate::conn::Handover>>,
     /// By `McpBackend::key`; taken when a pool is made (start, reload).
     boards: std::sync::Mutex<HashMap<String, IdleBoard>>,
 }
 
 impl Hub {
-    pub fn new(workers: usize) -> (Arc<Hub>, Vec<flume::Receiver<Job>>) {
-        let (txs, rxs) = (0..workers).map(|_| flume::bounded(INBOX_DEPTH)).unzip();
+    pub fn new(workers: usize) -> (Arc<Hub>, Inboxes) {
+        let (txs, jobs) = (0..workers).map(|_| flume::bounded(INBOX_DEPTH)).unzip();
+        let depth = crate::conn::HANDOVER_DEPTH;
+        let (conns, moves) = (0..workers).map(|_| flume::bounded(depth)).unzip();
         let hub = Hub {
             inboxes: txs,
+            conns,
             boards: std::sync::Mutex::new(HashMap::new()),
         };
-        (Arc::new(hub), rxs)
+        (Arc::new(hub), Inboxes { jobs, moves })
+    }
+
+    /// Workers of this process.
+    pub fn workers(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Queues a connection for worker `w`; gives it back when `w`'s inbox
+    /// is full or gone.
+    pub fn hand_over(
+        &self,
+        w: usize,
+        h: crate::conn::Handover,
+    ) -> Result<(), crate::conn::Handover> {
+        match self.conns.get(w) {
+            Some(tx) => tx.try_send(h).map_err(|e| e.into_inner()),
+            None => Err(h),
+        }
     }
 
     /// The idle board of a target, one slot per worker.
@@ -101,6 +124,12 @@ impl Hub {
             })
             .clone()
     }
+}
+
+/// The receiving ends of the hub, one per worker.
+pub struct Inboxes {
+    pub jobs: Vec<flume::Receiver<Job>>,
+    pub moves: Vec<flume::Receiver<crate::conn::Handover>>,
 }
 
 /// One worker's MCP state: its sessions and its child pools.
@@ -254,6 +283,11 @@ impl McpWorker {
         });
         let me = self.clone();
         monoio::spawn(async move { me.sweep_idle().await });
+    }
+
+    /// The hub this worker shares with the others.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
     }
 
     pub fn session_count(&self) -> usize {

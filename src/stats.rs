@@ -96,6 +96,9 @@ pub struct Stats {
     pub bytes_out: Cell<u64>,
     /// Connections over the per-worker limit: told 503, closed unanswered.
     refused: [Cell<u64>; 2],
+    /// Connections moved here from another worker (to the owner of the MCP
+    /// session they named) / declined (draining, full, another config).
+    moves: [Cell<u64>; 2],
     /// route -> `mcpAuthorization` decisions, indexed by `McpAuthzResult`.
     mcp_authz: RefCell<HashMap<String, [u64; 3]>>,
 }
@@ -114,6 +117,7 @@ impl Default for Stats {
             bytes_in: Cell::new(0),
             bytes_out: Cell::new(0),
             refused: Default::default(),
+            moves: Default::default(),
             mcp_authz: RefCell::new(HashMap::new()),
         }
     }
@@ -183,6 +187,12 @@ impl Stats {
         bump(&self.refused[usize::from(!answered)], 1);
     }
 
+    /// A connection another worker offered to this one, the owner of the
+    /// session it named: `adopted`, or declined.
+    pub fn moved(&self, adopted: bool) {
+        bump(&self.moves[usize::from(!adopted)], 1);
+    }
+
     /// Copies the counters; gauges are filled in by the worker.
     pub fn snapshot(&self, worker: usize) -> Snapshot {
         Snapshot {
@@ -207,6 +217,7 @@ impl Stats {
             bytes_in: self.bytes_in.get(),
             bytes_out: self.bytes_out.get(),
             refused: [self.refused[0].get(), self.refused[1].get()],
+            moves: [self.moves[0].get(), self.moves[1].get()],
             mcp_authz: self
                 .mcp_authz
                 .borrow()
@@ -251,6 +262,8 @@ pub struct Snapshot {
     pub bytes_out: u64,
     /// Over-limit connections answered 503 / closed unanswered.
     pub refused: [u64; 2],
+    /// Connections moved here / declined by this worker.
+    pub moves: [u64; 2],
     /// `mcpAuthorization` decisions by route: allow, deny, filter.
     pub mcp_authz: Vec<(String, [u64; 3])>,
     pub connections: u64,
@@ -296,6 +309,8 @@ pub fn render(snaps: &[Snapshot], live_children: usize) -> String {
         total.bytes_out += s.bytes_out;
         total.refused[0] += s.refused[0];
         total.refused[1] += s.refused[1];
+        total.moves[0] += s.moves[0];
+        total.moves[1] += s.moves[1];
         total.connections += s.connections;
         total.sessions += s.sessions;
         total.sessions_evicted += s.sessions_evicted;
@@ -347,6 +362,24 @@ pub fn render(snaps: &[Snapshot], live_children: usize) -> String {
             total.refused[i]
         );
     }
+    head(
+        &mut o,
+        "ringgate_connections_moved_total",
+        "counter",
+        "Connections moved to the worker owning the MCP session a request named.",
+    );
+    let _ = writeln!(o, "ringgate_connections_moved_total {}", total.moves[0]);
+    head(
+        &mut o,
+        "ringgate_connection_moves_declined_total",
+        "counter",
+        "Moves the owning worker declined (draining, at maxConnectionsPerWorker, or a reload in between): served through a hand-off instead.",
+    );
+    let _ = writeln!(
+        o,
+        "ringgate_connection_moves_declined_total {}",
+        total.moves[1]
+    );
     histogram(
         &mut o,
         "ringgate_request_duration_seconds",
@@ -560,6 +593,9 @@ mod tests {
         a.authz_wait(false);
         b.authz_wait(false);
         b.authz_wait(true);
+        a.moved(true);
+        b.moved(true);
+        b.moved(false);
         a.mcp_authz("app", McpAuthzResult::Allow);
         b.mcp_authz("app", McpAuthzResult::Deny);
         b.mcp_authz("app", McpAuthzResult::Deny);
@@ -579,6 +615,8 @@ mod tests {
             "ringgate_mcp_authz_decisions_total{route=\"app\",result=\"allow\"} 1",
             "ringgate_mcp_authz_decisions_total{route=\"app\",result=\"deny\"} 2",
             "ringgate_mcp_authz_decisions_total{route=\"app\",result=\"filter\"} 0",
+            "ringgate_connections_moved_total 2",
+            "ringgate_connection_moves_declined_total 1",
             "ringgate_children_live 3",
             "ringgate_workers 2",
         ] {

@@ -155,12 +155,14 @@ pub struct Plumbing {
     pub shared: Shared,
     pub controls: Arc<Controls>,
     inboxes: Vec<flume::Receiver<Job>>,
+    moves: Vec<flume::Receiver<conn::Handover>>,
     control_rxs: Vec<flume::Receiver<Control>>,
 }
 
 impl Plumbing {
     pub fn new(workers: usize) -> Plumbing {
         let (hub, inboxes) = Hub::new(workers);
+        let (moves, inboxes) = (inboxes.moves, inboxes.jobs);
         let (controls, control_rxs) = Controls::new(workers);
         Plumbing {
             shared: Shared {
@@ -169,6 +171,7 @@ impl Plumbing {
             },
             controls,
             inboxes,
+            moves,
             control_rxs,
         }
     }
@@ -183,14 +186,24 @@ pub fn run(
 ) -> io::Result<()> {
     let driver = resolve_driver(opts.driver);
     let mut handles = Vec::new();
-    let channels = plumbing.inboxes.into_iter().zip(plumbing.control_rxs);
-    for ((i, sockets), (inbox, control)) in bound.sockets.into_iter().enumerate().zip(channels) {
+    let channels = plumbing
+        .inboxes
+        .into_iter()
+        .zip(plumbing.moves)
+        .zip(plumbing.control_rxs);
+    for ((i, sockets), ((inbox, moves), control)) in
+        bound.sockets.into_iter().enumerate().zip(channels)
+    {
         let config = config.clone();
         let shared = plumbing.shared.clone();
         let h = thread::Builder::new()
             .name(format!("ringgate-w{i}"))
             .spawn(move || {
-                let chans = Channels { inbox, control };
+                let chans = Channels {
+                    inbox,
+                    moves,
+                    control,
+                };
                 run_worker(WorkerId(i), config, driver, sockets, shared, chans)
             })?;
         handles.push(h);
@@ -215,6 +228,8 @@ pub struct Shared {
 /// A worker's receiving ends.
 struct Channels {
     inbox: flume::Receiver<Job>,
+    /// Connections other workers move here ([`conn::Handover`]).
+    moves: flume::Receiver<conn::Handover>,
     control: flume::Receiver<Control>,
 }
 
@@ -284,6 +299,7 @@ async fn worker_main(
         stats: Stats::default(),
     });
     monoio::spawn(control_loop(worker.clone(), chans.control));
+    monoio::spawn(conn::adopt_loop(worker.clone(), chans.moves));
     let mut listeners = Vec::new();
     for s in sockets {
         listeners.push(Rc::new(TcpListener::from_std(s)?));

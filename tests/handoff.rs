@@ -1,6 +1,7 @@
-//! Requests of one session handed between workers while its child is slow
-//! to read its input: every request is answered, whichever worker accepted
-//! its connection, and none is refused because the owner was busy writing.
+//! Requests of one session handed between workers (or their connections
+//! moved to the owner) while its child is slow to read its input: every
+//! request is answered, whichever worker accepted its connection, and none
+//! is refused because the owner was busy writing.
 
 mod support;
 
@@ -108,14 +109,17 @@ fn a_slow_child_delays_but_never_fails_requests_handed_between_workers() {
                 .filter(|l| l.contains("mcp.method.name=tools/call"))
                 .filter_map(|l| field(l, "worker")),
         );
-        if workers_hit.len() == 2 {
+        // A connection the other worker accepted is either answered there
+        // (handed over) or moved to the owner (counted).
+        let moved = metric(&p, "ringgate_connections_moved_total").unwrap_or(0.0);
+        if workers_hit.len() == 2 || moved > 0.0 {
             break;
         }
     }
-    assert_eq!(
-        workers_hit.len(),
-        2,
-        "calls reached both workers (owner {owner}): {workers_hit:?}"
+    let moved = metric(&p, "ringgate_connections_moved_total").unwrap_or(0.0);
+    assert!(
+        workers_hit.len() == 2 || moved > 0.0,
+        "calls reached both workers (owner {owner}): {workers_hit:?}, {moved} moved"
     );
     assert!(
         !p.logs()

@@ -265,10 +265,12 @@ fn a_sessions_requests_reach_its_child_from_any_worker() {
         .filter(|l| l.contains("mcp.method.name=tools/call"))
         .filter_map(|l| field(l, "worker"))
         .collect();
-    assert_eq!(
-        workers.len(),
-        2,
-        "calls arrived on both workers: {workers:?}"
+    // A connection the other worker accepted moved to the owner (counted),
+    // or its call was handed over (answered there).
+    let moved = metric(&p, "ringgate_connections_moved_total").unwrap_or(0.0);
+    assert!(
+        workers.len() == 2 || moved > 0.0,
+        "calls arrived on both workers: {workers:?}, {moved} moved"
     );
 }
 
