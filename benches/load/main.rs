@@ -751,8 +751,15 @@ fn mcp_scenarios(o: &Opts, whois: &str, w: usize, idle_rss: &mut Vec<(usize, u64
         rows.push(direct);
     }
     drop(proxies);
-    for (_, s) in servers.iter_mut().rev() {
+    for (suffix, s) in servers.iter_mut().rev() {
         s.assert_running();
+        // Sessions whose connection the kernel put on another worker than
+        // the session's move there once (README, "A session lives on").
+        if w > 1 {
+            if let Some(moved) = s.metric("ringgate_connections_moved_total") {
+                eprintln!("load: ringgate{suffix} w={w}: {moved} connections moved to their session's worker");
+            }
+        }
         s.stop();
     }
     drop(direct);

@@ -209,11 +209,12 @@ impl Server {
                     Ok(_) => {}
                     Err(_) => return,
                 }
+                let line = line.trim_end();
                 if addr.is_none() && line.contains(" listening ") {
-                    addr = field(&line, "bind.addr").and_then(|a| a.parse::<SocketAddr>().ok());
+                    addr = field(line, "bind.addr").and_then(|a| a.parse::<SocketAddr>().ok());
                 }
                 if stats.is_none() && line.contains("stats listening") {
-                    stats = field(&line, "addr").and_then(|a| a.parse::<SocketAddr>().ok());
+                    stats = field(line, "addr").and_then(|a| a.parse::<SocketAddr>().ok());
                 }
                 if line.contains("worker started") {
                     started += 1;
@@ -333,6 +334,29 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// A counter or gauge from ringgate's `/metrics` (a line `NAME VALUE`).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let wait = Duration::from_secs(2);
+        let mut c = std::net::TcpStream::connect_timeout(&self.stats_addr?, wait).ok()?;
+        c.set_read_timeout(Some(wait)).ok()?;
+        c.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+            .ok()?;
+        let (mut bytes, mut chunk) = (Vec::new(), [0u8; 16 * 1024]);
+        let find = |bytes: &[u8]| {
+            String::from_utf8_lossy(bytes)
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        };
+        while let Ok(n @ 1..) = c.read(&mut chunk) {
+            bytes.extend_from_slice(&chunk[..n]);
+            if let Some(v) = find(&bytes) {
+                return Some(v);
+            }
+        }
+        find(&bytes)
     }
 
     /// The last lines of ringgate's log.
