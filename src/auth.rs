@@ -37,6 +37,21 @@ pub struct Decision {
     pub status: u16,
     /// `extauthz.<key>` values, in config order.
     pub metadata: Vec<(String, Value)>,
+    /// The metadata as `key=value` lines: who a session belongs to. Made
+    /// once per answer, not per request.
+    pub identity: String,
+}
+
+/// `key=value` lines of an answer's metadata.
+fn identity_of(metadata: &[(String, Value)]) -> String {
+    let mut id = String::new();
+    for (k, v) in metadata {
+        id.push_str(k);
+        id.push('=');
+        id.push_str(&v.to_string());
+        id.push('\n');
+    }
+    id
 }
 
 /// Why no decision could be had; logged, never shown to the client. Cloned
@@ -334,6 +349,7 @@ fn decide(cfg: &ExtAuthz, vars: &Vars, resp: &CheckResponse) -> Answer {
                 allowed: false,
                 status: resp.status,
                 metadata: Vec::new(),
+                identity: String::new(),
             }))
         }
         s => return Err(Failure::Status(s)),
@@ -363,6 +379,7 @@ fn decide(cfg: &ExtAuthz, vars: &Vars, resp: &CheckResponse) -> Answer {
     Ok(Rc::new(Decision {
         allowed: true,
         status: resp.status,
+        identity: identity_of(&metadata),
         metadata,
     }))
 }

@@ -180,16 +180,7 @@ pub async fn respond<'c>(
 /// extAuthz (node and login for the seed config), else the source IP.
 fn identity(req: &Request, out: &Handled) -> String {
     match &out.authz {
-        Some(d) if !d.metadata.is_empty() => {
-            let mut id = String::new();
-            for (k, v) in &d.metadata {
-                id.push_str(k);
-                id.push('=');
-                id.push_str(&v.to_string());
-                id.push('\n');
-            }
-            id
-        }
+        Some(d) if !d.metadata.is_empty() => d.identity.clone(),
         _ => format!("ip={}", req.peer_ip),
     }
 }

@@ -35,6 +35,7 @@ fn allowed() -> Rc<Decision> {
         allowed: true,
         status: 200,
         metadata: Vec::new(),
+        identity: String::new(),
     })
 }
 
