@@ -14,7 +14,7 @@
 
 use std::fmt::{Display, Write};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::info;
 
@@ -35,13 +35,14 @@ struct Line<'c> {
 }
 
 impl<'c> Line<'c> {
-    fn new(ctx: &'c BindCtx) -> Self {
+    /// A line for a request that ended at `now`.
+    fn new(ctx: &'c BindCtx, now: Instant) -> Self {
         let cfg = ctx.config();
         let json = cfg.logging.format == LogFormat::Json;
         let mut line = Line::with(json, &cfg.access_log.remove);
         if !json && crate::logging::access_direct() {
             let mut out = String::with_capacity(320);
-            crate::logging::access_prefix(&mut out);
+            crate::logging::access_prefix(&mut out, now);
             line.start = out.len();
             out.push_str(&line.out);
             line.out = out;
@@ -150,10 +151,26 @@ impl<'c> Line<'c> {
 /// A text value is quoted (as Rust's `{:?}` writes a string) when it is
 /// empty or holds a space, a quote, an `=` or a control character.
 fn needs_text_quotes(v: &str) -> bool {
-    v.is_empty()
-        || v.bytes()
-            .any(|b| matches!(b, b' ' | b'"' | b'=') || b < 0x20 || b == 0x7f)
-        || (!v.is_ascii() && v.contains(char::is_control))
+    // One pass over the bytes; a non-ASCII byte sends the rest to the
+    // check for (C1) control characters.
+    const SPECIAL: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            t[b] = b < 0x20 || b >= 0x7f || b == b' ' as usize || b == b'"' as usize;
+            t[b] |= b == b'=' as usize;
+            b += 1;
+        }
+        t
+    };
+    if v.is_empty() {
+        return true;
+    }
+    match v.bytes().position(|b| SPECIAL[usize::from(b)]) {
+        None => false,
+        Some(i) if v.as_bytes()[i] < 0x80 => true,
+        Some(i) => v[i..].contains(|c: char| c.is_control() || matches!(c, ' ' | '"' | '=')),
+    }
 }
 
 /// Appends the decimal digits of `v`.
@@ -188,7 +205,14 @@ fn push_json_str(out: &mut String, s: &str) {
 }
 
 /// Logs a request that reached the pipeline.
-pub fn request(ctx: &BindCtx, req: &Request, handled: &Handled, elapsed: Duration) {
+/// `started` is when its head was complete, `elapsed` how long it took.
+pub fn request(
+    ctx: &BindCtx,
+    req: &Request,
+    handled: &Handled,
+    started: Instant,
+    elapsed: Duration,
+) {
     if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
         return;
     }
@@ -208,7 +232,7 @@ pub fn request(ctx: &BindCtx, req: &Request, handled: &Handled, elapsed: Duratio
             return;
         }
     }
-    let mut line = Line::new(ctx);
+    let mut line = Line::new(ctx, started + elapsed);
     line.field_addr("src.addr", req.peer.0);
     line.field_str("http.method", req.method());
     line.field_str("http.path", req.path());
@@ -271,7 +295,7 @@ pub fn refused(ctx: &BindCtx, peer: PeerAddr, resp: &Response) {
     if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
         return;
     }
-    let mut line = Line::new(ctx);
+    let mut line = Line::new(ctx, Instant::now());
     line.field_addr("src.addr", peer.0);
     line.field_uint("http.status", resp.status.into());
     line.field_uint("worker", ctx.worker.id.0 as u64);
@@ -382,6 +406,26 @@ mod tests {
         let mut out = String::new();
         push_duration(&mut out, Duration::from_millis(12_345));
         assert_eq!(out, "12.3s");
-        assert!(needs_text_quotes("a\u{85}b") && !needs_text_quotes("é"));
+        // The one-pass check says what the plain definition says.
+        let plain =
+            |v: &str| v.is_empty() || v.contains([' ', '"', '=']) || v.contains(char::is_control);
+        for v in [
+            "",
+            "a",
+            "a b",
+            "a=b",
+            "\"",
+            "x\u{7f}",
+            "\t",
+            "a\u{85}b",
+            "é",
+            "é x",
+            "é=",
+            "ü\u{9f}",
+            "node-1.tail.ts.net",
+            "ada@example.com",
+        ] {
+            assert_eq!(needs_text_quotes(v), plain(v), "{v:?}");
+        }
     }
 }

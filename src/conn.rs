@@ -286,7 +286,7 @@ async fn answer(
     ctx.worker.stats.add_bytes(0, sent);
     let route = handled.route.map_or("", |r| r.name.as_str());
     ctx.worker.stats.request(route, resp.status, took);
-    access_log::request(ctx, req, handled, took);
+    access_log::request(ctx, req, handled, started, took);
     written
 }
 

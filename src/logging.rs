@@ -105,34 +105,71 @@ pub fn access_line(mut line: String) {
 }
 
 /// What the text format (no target, no colours) writes before an INFO
-/// event's message: the timestamp and the level.
-pub fn access_prefix(out: &mut String) {
-    timestamp(out);
+/// event's message: the timestamp and the level. `now` is the time the
+/// caller already read (the end of its request).
+pub fn access_prefix(out: &mut String, now: std::time::Instant) {
+    timestamp(out, now);
     out.push_str("  INFO ");
 }
 
+/// A thread's clock anchor, and the text of the second last written.
+struct Clock {
+    /// When, on the monotonic clock, the wall clock read `wall`.
+    at: std::time::Instant,
+    wall: std::time::Duration,
+    /// The second of `text`, since the Unix epoch.
+    second: u64,
+    /// `YYYY-MM-DDTHH:MM:SS`.
+    text: String,
+}
+
+/// How long a thread's wall clock is derived from the monotonic reading
+/// the caller brings before it is read again (so a stepped clock shows
+/// within this time).
+const CLOCK_ANCHOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 thread_local! {
-    /// `YYYY-MM-DDTHH:MM:SS` of the second last formatted on this thread.
-    static SECOND: std::cell::RefCell<(u64, String)> =
-        const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    static CLOCK: std::cell::RefCell<Option<Clock>> = const { std::cell::RefCell::new(None) };
 }
 
 /// The time as `tracing-subscriber`'s `SystemTime` writes it,
-/// `2026-12-06T09:54:06.123456Z`; the date and time of day are formatted
-/// once a second per thread.
-fn timestamp(out: &mut String) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    SECOND.with(|c| {
+/// `2026-12-06T09:54:06.123456Z`. The wall clock is read once a second per
+/// thread and carried forward by `now`, and the date and time of day are
+/// formatted once a second.
+fn timestamp(out: &mut String, now: std::time::Instant) {
+    let wall_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+    };
+    CLOCK.with(|c| {
         let mut c = c.borrow_mut();
-        if c.0 != secs {
+        let fresh = c.as_ref().and_then(|k| {
+            let since = now.checked_duration_since(k.at)?;
+            (since < CLOCK_ANCHOR).then(|| k.wall + since)
+        });
+        let wall = match fresh {
+            Some(w) => w,
+            None => {
+                let wall = wall_now();
+                let k = c.get_or_insert_with(|| Clock {
+                    at: now,
+                    wall,
+                    second: u64::MAX,
+                    text: String::new(),
+                });
+                (k.at, k.wall) = (now, wall);
+                wall
+            }
+        };
+        let k = c.as_mut().expect("anchored above");
+        let secs = wall.as_secs();
+        if k.second != secs {
             let (y, m, d) = crate::http::date::civil_from_days((secs / 86_400) as i64);
             let rem = secs % 86_400;
-            c.1.clear();
+            k.text.clear();
             let _ = std::fmt::Write::write_fmt(
-                &mut c.1,
+                &mut k.text,
                 format_args!(
                     "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
                     rem / 3600,
@@ -140,19 +177,19 @@ fn timestamp(out: &mut String) {
                     rem % 60
                 ),
             );
-            c.0 = secs;
+            k.second = secs;
         }
-        out.push_str(&c.1);
+        out.push_str(&k.text);
+        let mut micros = wall.subsec_micros();
+        let mut digits = [b'0'; 8];
+        digits[0] = b'.';
+        digits[7] = b'Z';
+        for d in digits[1..7].iter_mut().rev() {
+            *d = b'0' + (micros % 10) as u8;
+            micros /= 10;
+        }
+        out.push_str(std::str::from_utf8(&digits).unwrap_or(".000000Z"));
     });
-    let mut micros = now.subsec_micros();
-    let mut digits = [b'0'; 8];
-    digits[0] = b'.';
-    digits[7] = b'Z';
-    for d in digits[1..7].iter_mut().rev() {
-        *d = b'0' + (micros % 10) as u8;
-        micros /= 10;
-    }
-    out.push_str(std::str::from_utf8(&digits).unwrap_or(".000000Z"));
 }
 
 /// One JSON object per event: `timestamp`, `level`, `target`, `message`, and
@@ -286,7 +323,7 @@ mod tests {
             .iter()
             .map(|m| {
                 let mut l = String::new();
-                access_prefix(&mut l);
+                access_prefix(&mut l, std::time::Instant::now());
                 l.push_str(m);
                 l + "\n"
             })
@@ -309,7 +346,7 @@ mod tests {
             let _ = tracing_subscriber::fmt::time::SystemTime
                 .format_time(&mut Writer::new(&mut theirs));
             let mut ours = String::new();
-            timestamp(&mut ours);
+            timestamp(&mut ours, std::time::Instant::now());
             if theirs[..19] == ours[..19] {
                 assert_eq!(ours.len(), theirs.len(), "{ours} {theirs}");
                 assert!(ours.ends_with('Z') && ours.as_bytes()[19] == b'.', "{ours}");
