@@ -1,7 +1,6 @@
 //! Responses and their serialisation into a connection's write buffer.
 
 use std::borrow::Cow;
-use std::io::Write;
 
 use crate::http::{date, reason_phrase, HttpError};
 
@@ -107,12 +106,11 @@ pub fn serialize(
     head_only: bool,
 ) {
     let body = resp.body.as_slice();
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\n",
-        resp.status,
-        reason_phrase(resp.status)
-    );
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, resp.status.into());
+    out.push(b' ');
+    out.extend_from_slice(reason_phrase(resp.status).as_bytes());
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(b"date: ");
     date::with_now(|d| out.extend_from_slice(d));
     out.extend_from_slice(b"\r\n");
@@ -129,7 +127,9 @@ pub fn serialize(
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
     } else if !bodyless {
-        let _ = write!(out, "content-length: {}\r\n", body.len());
+        out.extend_from_slice(b"content-length: ");
+        push_decimal(out, body.len() as u64);
+        out.extend_from_slice(b"\r\n");
     }
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
@@ -142,12 +142,44 @@ pub fn serialize(
     }
 }
 
+/// Appends the decimal digits of `v` (a status, a length: no `fmt` on the
+/// path of every response).
+pub fn push_decimal(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends `v` in lower-case hexadecimal (a chunk size).
+fn push_hex(out: &mut Vec<u8>, mut v: usize) {
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789abcdef"[v % 16];
+        v /= 16;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// Appends one piece of a streamed body: a chunk, or the raw bytes on HTTP/1.0.
 pub fn stream_piece(out: &mut Vec<u8>, piece: &[u8], http10: bool) {
     if http10 {
         out.extend_from_slice(piece);
     } else if !piece.is_empty() {
-        let _ = write!(out, "{:x}\r\n", piece.len());
+        push_hex(out, piece.len());
+        out.extend_from_slice(b"\r\n");
         out.extend_from_slice(piece);
         out.extend_from_slice(b"\r\n");
     }
@@ -184,5 +216,20 @@ mod tests {
         let s = String::from_utf8(out).unwrap();
         assert!(s.contains("content-length: 5\r\nconnection: close\r\n\r\n"));
         assert!(s.ends_with("\r\n\r\n"));
+    }
+
+    /// The number writers write what `fmt` writes.
+    #[test]
+    fn decimal_and_hex_as_fmt_writes_them() {
+        for v in [0u64, 9, 10, 200, 403, 65_535, 1 << 40, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, v);
+            assert_eq!(out, v.to_string().into_bytes());
+        }
+        for v in [0usize, 9, 10, 15, 16, 255, 4096, 0xdead_beef, usize::MAX] {
+            let mut out = Vec::new();
+            push_hex(&mut out, v);
+            assert_eq!(out, format!("{v:x}").into_bytes());
+        }
     }
 }
