@@ -21,7 +21,8 @@ use crate::pipeline::{self, Admission};
 use crate::request::{Handled, PeerAddr, Request};
 
 mod handover;
-pub use handover::{adopt_loop, Handover, DEPTH as HANDOVER_DEPTH};
+pub mod parcel;
+pub use handover::adopt_loop;
 use handover::{Carried, Offer};
 
 /// Smallest free space offered to one read.

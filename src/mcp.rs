@@ -76,7 +76,7 @@ const NO_SERVER: &str = "no MCP server available";
 pub struct Hub {
     inboxes: Vec<flume::Sender<Job>>,
     /// Connections moving to the worker that owns their session.
-    conns: Vec<flume::Sender<crate::conn::Handover>>,
+    conns: Vec<flume::Sender<crate::conn::parcel::Handover>>,
     /// By `McpBackend::key`; taken when a pool is made (start, reload).
     boards: std::sync::Mutex<HashMap<String, IdleBoard>>,
 }
@@ -84,7 +84,7 @@ pub struct Hub {
 impl Hub {
     pub fn new(workers: usize) -> (Arc<Hub>, Inboxes) {
         let (txs, jobs) = (0..workers).map(|_| flume::bounded(INBOX_DEPTH)).unzip();
-        let depth = crate::conn::HANDOVER_DEPTH;
+        let depth = crate::conn::parcel::DEPTH;
         let (conns, moves) = (0..workers).map(|_| flume::bounded(depth)).unzip();
         let hub = Hub {
             inboxes: txs,
@@ -104,8 +104,8 @@ impl Hub {
     pub fn hand_over(
         &self,
         w: usize,
-        h: crate::conn::Handover,
-    ) -> Result<(), crate::conn::Handover> {
+        h: crate::conn::parcel::Handover,
+    ) -> Result<(), crate::conn::parcel::Handover> {
         match self.conns.get(w) {
             Some(tx) => tx.try_send(h).map_err(|e| e.into_inner()),
             None => Err(h),
@@ -129,7 +129,7 @@ impl Hub {
 /// The receiving ends of the hub, one per worker.
 pub struct Inboxes {
     pub jobs: Vec<flume::Receiver<Job>>,
-    pub moves: Vec<flume::Receiver<crate::conn::Handover>>,
+    pub moves: Vec<flume::Receiver<crate::conn::parcel::Handover>>,
 }
 
 /// One worker's MCP state: its sessions and its child pools.

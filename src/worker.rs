@@ -155,7 +155,7 @@ pub struct Plumbing {
     pub shared: Shared,
     pub controls: Arc<Controls>,
     inboxes: Vec<flume::Receiver<Job>>,
-    moves: Vec<flume::Receiver<conn::Handover>>,
+    moves: Vec<flume::Receiver<conn::parcel::Handover>>,
     control_rxs: Vec<flume::Receiver<Control>>,
 }
 
@@ -228,8 +228,8 @@ pub struct Shared {
 /// A worker's receiving ends.
 struct Channels {
     inbox: flume::Receiver<Job>,
-    /// Connections other workers move here ([`conn::Handover`]).
-    moves: flume::Receiver<conn::Handover>,
+    /// Connections other workers move here ([`conn::parcel::Handover`]).
+    moves: flume::Receiver<conn::parcel::Handover>,
     control: flume::Receiver<Control>,
 }
 

@@ -30,40 +30,16 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::config::Config;
 use crate::context::{BindCtx, ConnGuard, Worker};
 use crate::http::parse::{trim_ows, Head};
 use crate::request::PeerAddr;
 
-/// Hand-overs a worker's inbox holds; a full one keeps connections where
-/// they are.
-pub const DEPTH: usize = 1024;
+use super::parcel::{Answer, Handover};
+
 /// How long the accepting worker waits for the owner's answer: a safety net
 /// for an owner that stopped running, never reached otherwise (it answers
 /// as soon as its runtime reads the inbox).
 const ANSWER_BOUND: Duration = Duration::from_secs(10);
-
-/// A connection on its way to another worker.
-pub struct Handover {
-    /// A duplicate of the connection's socket.
-    stream: std::net::TcpStream,
-    /// Every byte read and not yet consumed: the head, any of its body,
-    /// pipelined requests.
-    buf: Vec<u8>,
-    peer: PeerAddr,
-    /// When the head was complete (the body's deadline, the duration).
-    started: Instant,
-    /// The config the connection was accepted under, and its bind there.
-    config: Arc<Config>,
-    bind: usize,
-    answer: flume::Sender<Answer>,
-}
-
-enum Answer {
-    Adopted,
-    /// The bytes, back.
-    Declined(Vec<u8>),
-}
 
 /// What the offer of a connection came to, on the accepting worker.
 pub(super) enum Offer {
