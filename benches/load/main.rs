@@ -207,6 +207,10 @@ struct Probe {
     peer_roots: Vec<u32>,
     count_roots: bool,
     at: Cell<(f64, f64, f64)>,
+    /// Each peer's CPU seconds at the window's start: a peer that exits
+    /// during the window (a child stopped or replaced) takes its past CPU
+    /// away from a plain sum, so peers are counted by their own deltas.
+    peers_at: std::cell::RefCell<std::collections::HashMap<u32, f64>>,
     sum: Cell<(f64, f64, f64)>,
 }
 
@@ -218,6 +222,7 @@ impl Probe {
             peer_roots,
             count_roots,
             at: Cell::new((0.0, 0.0, 0.0)),
+            peers_at: Default::default(),
             sum: Cell::new((0.0, 0.0, 0.0)),
         }
     }
@@ -239,17 +244,26 @@ impl Probe {
             };
             procs::cpu_seconds(pid) + tree
         };
+        let peer_cpu: Vec<(u32, f64)> = peers.iter().map(|&p| (p, procs::cpu_seconds(p))).collect();
         let now = (
             self.server.map_or(0.0, server),
-            procs::cpu_seconds_of(&peers),
+            0.0,
             procs::self_cpu_seconds(),
         );
         if start {
             self.at.set(now);
+            *self.peers_at.borrow_mut() = peer_cpu.into_iter().collect();
         } else {
             let (a, s) = (self.at.get(), self.sum.get());
+            // A peer started during the window counts from zero; one that
+            // ended counts nothing (its last CPU cannot be read).
+            let at = self.peers_at.borrow();
+            let peers: f64 = peer_cpu
+                .iter()
+                .map(|(p, c)| (c - at.get(p).copied().unwrap_or(0.0)).max(0.0))
+                .sum();
             self.sum
-                .set((s.0 + now.0 - a.0, s.1 + now.1 - a.1, s.2 + now.2 - a.2));
+                .set((s.0 + now.0 - a.0, s.1 + peers, s.2 + now.2 - a.2));
         }
     }
 
