@@ -103,21 +103,71 @@ impl Shelf {
         })
     }
 
-    /// Writes every thread's lines, swapping each buffer with `spare` so
-    /// that the threads append to an empty one meanwhile; forgets the
-    /// buffers of threads that ended.
-    fn drain(&self, out: &mut impl Write, spare: &mut Vec<u8>) {
+    /// Writes every thread's lines, swapping each buffer with one of
+    /// `spares` so that the threads append to an empty one meanwhile;
+    /// forgets the buffers of threads that ended. Lines of several threads
+    /// are merged in the order of their timestamps ([`merge`]).
+    fn drain(&self, out: &mut impl Write, spares: &mut Vec<Vec<u8>>) {
         let buffers = lock(&self.buffers).clone();
+        spares.resize_with(buffers.len().max(spares.len()), Vec::new);
+        let mut taken = 0;
         for b in &buffers {
-            std::mem::swap(&mut *lock(b), spare);
-            let _ = out.write_all(spare);
+            let mut theirs = lock(b);
+            if !theirs.is_empty() {
+                std::mem::swap(&mut *theirs, &mut spares[taken]);
+                taken += 1;
+            }
+        }
+        drop(buffers);
+        merge(out, &spares[..taken]);
+        for spare in &mut spares[..taken] {
             spare.clear();
             if spare.capacity() > KEPT_BUFFER_BYTES {
                 spare.shrink_to(WRITE_BUFFER_BYTES);
             }
         }
-        drop(buffers);
         lock(&self.buffers).retain(|b| Arc::strong_count(b) > 1 || !lock(b).is_empty());
+    }
+}
+
+/// Writes the lines of several threads' batches, each batch's in its own
+/// order, the batches interleaved by the timestamp each line starts with
+/// (`2026-12-06T09:54:06.123456Z`, which sorts as text). A line without one
+/// (JSON, a continuation) goes right after the line before it.
+fn merge(out: &mut impl Write, batches: &[Vec<u8>]) {
+    if batches.len() == 1 {
+        let _ = out.write_all(&batches[0]);
+        return;
+    }
+    const STAMP: usize = 27;
+    let stamp = |line: &[u8]| -> Option<[u8; STAMP]> {
+        let s = line.get(..STAMP)?;
+        (s[0].is_ascii_digit() && s[10] == b'T' && s[STAMP - 1] == b'Z').then(|| {
+            let mut a = [0; STAMP];
+            a.copy_from_slice(s);
+            a
+        })
+    };
+    let line_at = |b: &[u8], at: usize| -> usize {
+        b[at..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(b.len(), |i| at + i + 1)
+    };
+    let mut at = vec![0usize; batches.len()];
+    // The stamp of each batch's next line (or of the line it continues).
+    let mut next: Vec<Option<[u8; STAMP]>> = batches.iter().map(|b| stamp(b)).collect();
+    loop {
+        let pick = (0..batches.len())
+            .filter(|&i| at[i] < batches[i].len())
+            .min_by_key(|&i| next[i].unwrap_or([0; STAMP]));
+        let Some(i) = pick else { break };
+        let end = line_at(&batches[i], at[i]);
+        let _ = out.write_all(&batches[i][at[i]..end]);
+        at[i] = end;
+        if let Some(s) = stamp(&batches[i][end..]) {
+            next[i] = Some(s);
+        }
     }
 }
 
@@ -137,7 +187,7 @@ pub fn start() -> io::Result<FlushGuard> {
 
 fn write_lines(rx: flume::Receiver<Msg>, shelf: &Shelf, out: impl Write) {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, out);
-    let mut spare = Vec::new();
+    let mut spares = Vec::new();
     let mut reported = 0;
     while let Ok(first) = rx.recv() {
         let mut acks = Vec::new();
@@ -146,7 +196,7 @@ fn write_lines(rx: flume::Receiver<Msg>, shelf: &Shelf, out: impl Write) {
                 acks.push(ack);
             }
         }
-        shelf.drain(&mut out, &mut spare);
+        shelf.drain(&mut out, &mut spares);
         let dropped = shelf.dropped.load(Ordering::Relaxed);
         if dropped > reported {
             let _ = writeln!(
@@ -316,5 +366,27 @@ mod tests {
         shelf.drain(&mut out, &mut Vec::new());
         assert_eq!(out.len(), 60);
         assert!(shelf.append(&line), "written: the buffer is empty again");
+    }
+
+    /// Two threads' batches come out interleaved by their timestamps, each
+    /// in its own order; a line without a timestamp stays after the line
+    /// before it.
+    #[test]
+    fn batches_merge_by_timestamp() {
+        let a = b"2026-12-06T09:54:06.000001Z  INFO a1\n\
+                  2026-12-06T09:54:06.000004Z  INFO a2\n\
+                  continued\n"
+            .to_vec();
+        let b = b"2026-12-06T09:54:06.000002Z  INFO b1\n\
+                  2026-12-06T09:54:06.000009Z  INFO b2\n"
+            .to_vec();
+        let mut out = Vec::new();
+        merge(&mut out, &[a, b]);
+        let words: Vec<&str> = std::str::from_utf8(&out)
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit(' ').next().unwrap())
+            .collect();
+        assert_eq!(words, ["a1", "b1", "a2", "continued", "b2"]);
     }
 }
