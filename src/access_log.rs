@@ -174,18 +174,8 @@ fn needs_text_quotes(v: &str) -> bool {
 }
 
 /// Appends the decimal digits of `v`.
-fn push_uint(out: &mut String, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+fn push_uint(out: &mut String, v: u64) {
+    out.push_str(crate::http::response::digits(v, 10, &mut [0; 20]));
 }
 
 fn needs_json_escape(s: &str) -> bool {

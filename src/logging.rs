@@ -142,54 +142,39 @@ fn timestamp(out: &mut String, now: std::time::Instant) {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
     };
-    CLOCK.with(|c| {
+    let micros = CLOCK.with(|c| {
         let mut c = c.borrow_mut();
-        let fresh = c.as_ref().and_then(|k| {
-            let since = now.checked_duration_since(k.at)?;
-            (since < CLOCK_ANCHOR).then(|| k.wall + since)
+        let k = c.get_or_insert_with(|| Clock {
+            at: now,
+            wall: wall_now(),
+            second: u64::MAX,
+            text: String::new(),
         });
-        let wall = match fresh {
-            Some(w) => w,
-            None => {
-                let wall = wall_now();
-                let k = c.get_or_insert_with(|| Clock {
-                    at: now,
-                    wall,
-                    second: u64::MAX,
-                    text: String::new(),
-                });
-                (k.at, k.wall) = (now, wall);
-                wall
+        let wall = match now.checked_duration_since(k.at) {
+            Some(since) if since < CLOCK_ANCHOR => k.wall + since,
+            _ => {
+                (k.at, k.wall) = (now, wall_now());
+                k.wall
             }
         };
-        let k = c.as_mut().expect("anchored above");
         let secs = wall.as_secs();
         if k.second != secs {
-            let (y, m, d) = crate::http::date::civil_from_days((secs / 86_400) as i64);
-            let rem = secs % 86_400;
             k.text.clear();
-            let _ = std::fmt::Write::write_fmt(
-                &mut k.text,
-                format_args!(
-                    "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-                    rem / 3600,
-                    rem / 60 % 60,
-                    rem % 60
-                ),
-            );
+            crate::http::date::rfc3339_second(secs, &mut k.text);
             k.second = secs;
         }
         out.push_str(&k.text);
-        let mut micros = wall.subsec_micros();
-        let mut digits = [b'0'; 8];
-        digits[0] = b'.';
-        digits[7] = b'Z';
-        for d in digits[1..7].iter_mut().rev() {
-            *d = b'0' + (micros % 10) as u8;
-            micros /= 10;
-        }
-        out.push_str(std::str::from_utf8(&digits).unwrap_or(".000000Z"));
+        wall.subsec_micros()
     });
+    let mut buf = [0; 20];
+    let micros = crate::http::response::digits(micros.into(), 10, &mut buf);
+    out.push('.');
+    out.extend(std::iter::repeat_n(
+        '0',
+        6usize.saturating_sub(micros.len()),
+    ));
+    out.push_str(micros);
+    out.push('Z');
 }
 
 /// One JSON object per event: `timestamp`, `level`, `target`, `message`, and

@@ -49,7 +49,7 @@ pub fn format(secs: u64) -> [u8; 29] {
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
 /// calendar (the well-known era-based conversion).
-pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -62,25 +62,36 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// Appends `YYYY-MM-DDTHH:MM:SS` (RFC 3339, UTC) for seconds since the
+/// Unix epoch.
+pub fn rfc3339_second(secs: u64, out: &mut String) {
+    use std::fmt::Write;
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    );
+}
+
 /// The current time as RFC 3339 UTC with milliseconds, for JSON logs.
 pub fn rfc3339_now() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = now.as_secs();
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        now.subsec_millis()
-    )
+    let mut out = String::with_capacity(24);
+    rfc3339_second(now.as_secs(), &mut out);
+    let _ = std::fmt::Write::write_fmt(&mut out, format_args!(".{:03}Z", now.subsec_millis()));
+    out
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn formats_known_dates() {
         assert_eq!(
@@ -92,5 +103,18 @@ mod tests {
             &super::format(1_709_164_800),
             b"Thu, 29 Feb 2024 00:00:00 GMT"
         );
+    }
+
+    #[test]
+    fn rfc3339_seconds_of_known_dates() {
+        let mut out = String::new();
+        rfc3339_second(784_111_777, &mut out);
+        assert_eq!(out, "1994-11-06T08:49:37");
+        out.clear();
+        rfc3339_second(1_709_164_800, &mut out);
+        assert_eq!(out, "2024-02-29T00:00:00");
+        let now = rfc3339_now();
+        assert_eq!(now.len(), 24, "{now}");
+        assert!(now.ends_with('Z') && now.as_bytes()[19] == b'.', "{now}");
     }
 }

@@ -142,35 +142,30 @@ pub fn serialize(
     }
 }
 
-/// Appends the decimal digits of `v` (a status, a length: no `fmt` on the
-/// path of every response).
-pub fn push_decimal(out: &mut Vec<u8>, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
+/// The digits of `v` in `radix` (10, or 16 in lower case), written at the
+/// end of `buf`: numbers on the path of every response and access line are
+/// written without `fmt`.
+pub fn digits(mut v: u64, radix: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
     loop {
         at -= 1;
-        digits[at] = b'0' + (v % 10) as u8;
-        v /= 10;
+        buf[at] = b"0123456789abcdef"[(v % radix) as usize];
+        v /= radix;
         if v == 0 {
             break;
         }
     }
-    out.extend_from_slice(&digits[at..]);
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
+}
+
+/// Appends the decimal digits of `v` (a status, a length).
+pub fn push_decimal(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(digits(v, 10, &mut [0; 20]).as_bytes());
 }
 
 /// Appends `v` in lower-case hexadecimal (a chunk size).
-fn push_hex(out: &mut Vec<u8>, mut v: usize) {
-    let mut digits = [0u8; 16];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b"0123456789abcdef"[v % 16];
-        v /= 16;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+fn push_hex(out: &mut Vec<u8>, v: usize) {
+    out.extend_from_slice(digits(v as u64, 16, &mut [0; 20]).as_bytes());
 }
 
 /// Appends one piece of a streamed body: a chunk, or the raw bytes on HTTP/1.0.
