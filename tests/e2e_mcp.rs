@@ -42,7 +42,7 @@ fn start_alice() -> (FakeTailscaled, Proxy, String) {
 fn python_sdk_through_ringgate_to_server_everything() {
     let (_fake, p, url) = start_alice();
     let v = python_client(&url, "127.0.0.2", "full");
-    assert_eq!(v["ok"], true, "{v:#}");
+    support::mcp::assert_full_scenario(&v);
     let tools: Vec<&str> = v["tools"]
         .as_array()
         .unwrap()
@@ -52,24 +52,12 @@ fn python_sdk_through_ringgate_to_server_everything() {
     for t in ["echo", "get-sum", "trigger-long-running-operation"] {
         assert!(tools.contains(&t), "{t} in {tools:?}");
     }
-    assert!(
-        v["echo"]["text"]
-            .as_str()
-            .unwrap()
-            .contains("hello from ringgate e2e"),
-        "{v:#}"
-    );
-    assert!(
-        v["get_sum"]["text"].as_str().unwrap().contains('5'),
-        "{v:#}"
-    );
     let lr = &v["long_running"];
     assert_eq!(lr["is_error"], false, "{v:#}");
     assert!(
         lr["progress_notifications"].as_u64().unwrap() >= 1,
         "progress notifications must arrive: {v:#}"
     );
-    assert_eq!(v["delete_sent"], true, "{v:#}");
 
     // The access log names the caller, and the session's child is gone.
     let line = p

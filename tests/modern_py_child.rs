@@ -10,7 +10,6 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use modern_common::*;
 use serde_json::Value;
@@ -54,24 +53,6 @@ fn child_read(prefix: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Stops the proxy with SIGTERM; every tap and child behind it goes too.
-fn stop(mut p: Proxy) {
-    let taps: Vec<u32> = children_of(p.pid()).iter().map(|(c, _)| *c).collect();
-    let mut all = taps.clone();
-    for t in &taps {
-        all.extend(children_of(*t).iter().map(|(c, _)| *c));
-    }
-    p.signal(libc::SIGTERM);
-    let status = p.wait_exit(Duration::from_secs(20)).expect("proxy exits");
-    assert!(status.success(), "{status:?}");
-    for pid in all {
-        assert!(
-            wait_until(WAIT, || pid_gone(pid)),
-            "{pid} outlived the proxy"
-        );
-    }
-}
-
 #[test]
 fn python_sdk_client_lists_and_calls_through_a_python_sdk_child() {
     let dir = tempfile::tempdir().unwrap();
@@ -102,7 +83,7 @@ fn python_sdk_client_lists_and_calls_through_a_python_sdk_child() {
     for l in calls {
         assert!(!l.contains("io.modelcontextprotocol/"), "{l}");
     }
-    stop(p);
+    stop_proxy_with_taps(p);
 }
 
 #[test]
@@ -150,5 +131,5 @@ fn the_child_reads_the_clients_line_less_the_envelope() {
         &body(&n.to_string(), &format!("\"rg{n}\""), false),
         "only the id, the progress token and the envelope change"
     );
-    stop(p);
+    stop_proxy_with_taps(p);
 }

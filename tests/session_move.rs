@@ -218,19 +218,7 @@ fn python_sdk_session_with_two_workers(driver: &str) {
         "60",
     ];
     let v = peer_client("mcp_client.py", &args);
-    assert_eq!(v["ok"], true, "{v:#}");
-    assert!(
-        v["echo"]["text"]
-            .as_str()
-            .unwrap()
-            .contains("hello from ringgate e2e"),
-        "{v:#}"
-    );
-    assert!(
-        v["get_sum"]["text"].as_str().unwrap().contains('5'),
-        "{v:#}"
-    );
-    assert_eq!(v["delete_sent"], true, "{v:#}");
+    assert_full_scenario(&v);
     // Every request naming the session was answered by its owner, whichever
     // worker accepted its connection.
     let sid = v["session_id"].as_str().expect("session id");

@@ -7,7 +7,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde_json::Value;
 use support::mcp::*;
@@ -136,22 +135,9 @@ fn answer(events: &[Vec<u8>], id: &Value) -> Value {
 
 /// Stops the proxy with SIGTERM and checks that every tap and every
 /// server-everything behind one is gone.
-fn stop(mut p: Proxy) {
-    let taps: Vec<u32> = children_of(p.pid()).iter().map(|(c, _)| *c).collect();
-    let mut all = taps.clone();
-    for t in &taps {
-        all.extend(children_of(*t).iter().map(|(c, _)| *c));
-    }
-    assert!(all.len() > taps.len(), "each tap runs a child");
-    p.signal(libc::SIGTERM);
-    let status = p.wait_exit(Duration::from_secs(20)).expect("proxy exits");
-    assert!(status.success(), "{status:?}");
-    for pid in all {
-        assert!(
-            wait_until(WAIT, || pid_gone(pid)),
-            "{pid} outlived the proxy"
-        );
-    }
+fn stop(p: Proxy) {
+    let (taps, all) = stop_proxy_with_taps(p);
+    assert!(all > taps, "each tap runs a child");
 }
 
 /// Big integers, `-0`, `1.10`, keys out of order and escapes, in a

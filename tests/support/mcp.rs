@@ -8,6 +8,25 @@ use serde_json::{json, Value};
 
 use super::{connect_from, request_from, Proxy, Resp};
 
+/// What `mcp_client.py --scenario full` reports for server-everything:
+/// it ran, its echo and get-sum calls answered, and its session ended with
+/// a DELETE.
+pub fn assert_full_scenario(v: &Value) {
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert!(
+        v["echo"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("hello from ringgate e2e"),
+        "{v:#}"
+    );
+    assert!(
+        v["get_sum"]["text"].as_str().unwrap().contains('5'),
+        "{v:#}"
+    );
+    assert_eq!(v["delete_sent"], true, "{v:#}");
+}
+
 /// Runs one of the Python MCP clients in tests/peers (with the venv that
 /// tests/peers/setup.sh installs) and reads the one JSON object it prints.
 pub fn peer_client(script: &str, args: &[&str]) -> Value {

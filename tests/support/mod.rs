@@ -448,6 +448,28 @@ pub fn children_of(pid: u32) -> Vec<(u32, char)> {
     out
 }
 
+/// Stops a proxy whose MCP children are taps (each running the real child)
+/// with SIGTERM: it must exit cleanly, and every tap and every process
+/// behind one must be gone. Returns how many taps, and processes in all,
+/// ran under it.
+pub fn stop_proxy_with_taps(mut p: Proxy) -> (usize, usize) {
+    let taps: Vec<u32> = children_of(p.pid()).iter().map(|(c, _)| *c).collect();
+    let mut all = taps.clone();
+    for t in &taps {
+        all.extend(children_of(*t).iter().map(|(c, _)| *c));
+    }
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(Duration::from_secs(20)).expect("proxy exits");
+    assert!(status.success(), "{status:?}");
+    for pid in &all {
+        assert!(
+            wait_until(WAIT, || pid_gone(*pid)),
+            "{pid} outlived the proxy"
+        );
+    }
+    (taps.len(), all.len())
+}
+
 /// Children of `pid` that are zombies (exited, not reaped).
 pub fn zombies_of(pid: u32) -> Vec<u32> {
     children_of(pid)
