@@ -39,23 +39,25 @@ impl<'c> Line<'c> {
     fn new(ctx: &'c BindCtx, now: Instant) -> Self {
         let cfg = ctx.config();
         let json = cfg.logging.format == LogFormat::Json;
-        let mut line = Line::with(json, &cfg.access_log.remove);
+        let mut out = String::with_capacity(320);
         if !json && crate::logging::access_direct() {
-            let mut out = String::with_capacity(320);
             crate::logging::access_prefix(&mut out, now);
-            line.start = out.len();
-            out.push_str(&line.out);
-            line.out = out;
         }
-        line
+        Line::after(out, json, &cfg.access_log.remove)
     }
 
+    #[cfg(test)]
     fn with(json: bool, remove: &'c [String]) -> Self {
-        let mut out = String::with_capacity(256);
+        Line::after(String::with_capacity(256), json, remove)
+    }
+
+    /// A line whose message begins after what `out` holds.
+    fn after(mut out: String, json: bool, remove: &'c [String]) -> Self {
+        let start = out.len();
         out.push_str(if json { "{" } else { "request" });
         Line {
             out,
-            start: 0,
+            start,
             json,
             remove,
         }
@@ -100,7 +102,7 @@ impl<'c> Line<'c> {
             return;
         }
         if self.json {
-            if self.out.len() > 1 {
+            if self.out.len() > self.start + 1 {
                 self.out.push(',');
             }
             push_json_str(&mut self.out, name);
