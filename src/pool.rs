@@ -37,6 +37,7 @@
 //!
 //! - [`child`]: one child: spawn, line I/O, stop, reap
 //! - `reader`, `writer`, `stderr`: stdout lines, stdin lines, stderr logging
+//! - [`stdio`]: how stdin and stdout are connected (pipes on io_uring)
 //! - `reaper`: the process thread that forks and reaps every child
 
 pub mod child;
@@ -44,6 +45,7 @@ mod demand;
 mod reader;
 mod reaper;
 mod stderr;
+pub mod stdio;
 mod writer;
 
 use std::cell::{Cell, RefCell};

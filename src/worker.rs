@@ -284,6 +284,9 @@ async fn worker_main(
     chans: Channels,
 ) -> io::Result<()> {
     let gen = Generation::new(config.clone())?;
+    if driver == "io_uring" {
+        crate::pool::stdio::set_thread_io(crate::pool::stdio::ChildIo::Pipes);
+    }
     let mcp = McpWorker::new(id.0, &config, shared.hub, shared.live_children);
     mcp.start(chans.inbox);
     let worker = Rc::new(Worker {

@@ -140,6 +140,65 @@ fn cat_round_trip() {
     });
 }
 
+/// What a worker's children get: a pipe each for stdin and stdout on
+/// io_uring, one socket for both on epoll (`pool::stdio`). Lines far larger
+/// than a pipe (64 KiB) go through whole both ways, with writes that the
+/// pipe takes in parts.
+#[test]
+fn stdio_is_pipes_on_io_uring_and_a_socket_on_epoll() {
+    both(|driver| async move {
+        let c = Child::spawn(&cat(), opts(4 << 20)).await.unwrap();
+        let pid = c.pid();
+        let link = |fd: u32| {
+            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .unwrap()
+                .display()
+                .to_string()
+        };
+        let (stdin, stdout) = (link(0), link(1));
+        if driver == "io_uring" {
+            assert!(stdin.starts_with("pipe:"), "{driver}: {stdin}");
+            assert!(stdout.starts_with("pipe:"), "{driver}: {stdout}");
+            assert_ne!(stdin, stdout, "{driver}: two pipes");
+        } else {
+            assert!(stdin.starts_with("socket:"), "{driver}: {stdin}");
+            assert_eq!(stdin, stdout, "{driver}: one socket");
+        }
+        let (handle, writer, mut reader) = c.into_parts();
+        let lines: Vec<Vec<u8>> = (0..4u8)
+            .map(|i| vec![b'a' + i; (1 << 20) + 4097 * i as usize])
+            .collect();
+        let sent = lines.clone();
+        let sender = monoio::spawn(async move {
+            for l in &sent {
+                writer.send(l).await.unwrap();
+            }
+            writer
+        });
+        for want in &lines {
+            let got = reader.next_line().await.unwrap().unwrap();
+            assert!(
+                got == *want,
+                "{driver}: a {} byte line came back as {} bytes",
+                want.len(),
+                got.len()
+            );
+        }
+        let _writer = sender.await;
+        assert!(handle.stop(GRACE).await.success());
+        assert_eq!(
+            handle.exit_cause(),
+            Some(ExitCause::StdinClosed),
+            "{driver}"
+        );
+        assert!(
+            reader.next_line().await.is_none(),
+            "{driver}: EOF after exit"
+        );
+        assert_reaped(pid);
+    });
+}
+
 #[test]
 fn concurrent_sends_do_not_interleave() {
     both(|_| async {

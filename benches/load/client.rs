@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
-use monoio::net::{TcpStream, UnixStream};
+use monoio::net::TcpStream;
+use ringgate::pool::stdio::{ChildIo, Ends, ReadSource, Stdin, Stdout};
 
 /// No single request may take longer than this; then the client fails.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -161,8 +162,7 @@ impl Client {
                 Ok(())
             }
             Client::Stdio(c) => {
-                let mut s = c.conn.s;
-                let _ = s.shutdown().await;
+                c.conn.close().await;
                 Ok(())
             }
         }
@@ -717,11 +717,12 @@ impl McpClient {
 
 // ------------------------------------------------------- direct to stdio
 
-/// A server-everything child driven over its stdio, as ringgate drives it:
-/// one end of a socketpair as its stdin and stdout.
+/// A server-everything child driven over its stdio, as ringgate drives it
+/// (and as MCP clients' stdio transports do): a pipe each for its stdin and
+/// stdout on io_uring, one end of a socketpair on epoll.
 pub struct StdioChild {
     pub child: std::process::Child,
-    ours: Option<std::os::unix::net::UnixStream>,
+    ours: Option<Ends>,
     initialized: bool,
     /// JSON-RPC ids stay unique across the runtimes that drive the child.
     next_id: u64,
@@ -730,21 +731,22 @@ pub struct StdioChild {
 impl StdioChild {
     pub fn spawn(cmd: &str, args: &[&str]) -> io::Result<StdioChild> {
         use std::os::unix::process::CommandExt;
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        let theirs_out = theirs.try_clone()?;
+        let io = if monoio::utils::detect_uring() {
+            ChildIo::Pipes
+        } else {
+            ChildIo::Socketpair
+        };
+        let (ours, theirs) = Ends::open(io)?;
         let mut c = std::process::Command::new(cmd);
         c.args(args)
-            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
-                theirs,
-            )))
-            .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
-                theirs_out,
-            )))
+            .stdin(std::process::Stdio::from(theirs.stdin))
+            .stdout(std::process::Stdio::from(theirs.stdout))
             .stderr(std::process::Stdio::null())
             .process_group(0);
         crate::procs::die_with_parent(&mut c);
+        // Our copies of the child's ends close with `c`.
         let child = c.spawn()?;
-        ours.set_nonblocking(true)?;
+        drop(c);
         Ok(StdioChild {
             child,
             ours: Some(ours),
@@ -779,20 +781,33 @@ impl Drop for StdioChild {
 
 /// Newline-delimited JSON-RPC over a child's stdio.
 struct LineConn {
-    s: UnixStream,
+    r: Stdout,
+    w: Stdin,
     buf: Vec<u8>,
     out: Vec<u8>,
 }
 
 impl LineConn {
+    /// Closes this runtime's descriptors (a dropped one under io_uring is
+    /// closed only when the ring next submits). The child keeps its stdin:
+    /// `StdioChild` holds another copy of our ends.
+    async fn close(self) {
+        if let Stdin::Pipe(f) = self.w {
+            let _ = f.close().await;
+        }
+        if let Stdout::Pipe(f) = self.r {
+            let _ = f.close().await;
+        }
+    }
+
     async fn send(&mut self, line: &str) -> io::Result<()> {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         out.extend_from_slice(line.as_bytes());
         out.push(b'\n');
-        let (r, out) = self.s.write_all(out).await;
+        let (r, out) = self.w.write_all(out).await;
         self.out = out;
-        r.map(|_| ())
+        r
     }
 
     /// Reads lines until one satisfies `done` (skipping notifications and
@@ -816,7 +831,7 @@ impl LineConn {
             }
             let len = self.buf.len();
             let buf = std::mem::take(&mut self.buf);
-            let (r, slice) = self.s.read(buf.slice_mut(len..)).await;
+            let (r, slice) = self.r.read_some(buf.slice_mut(len..)).await;
             self.buf = slice.into_inner();
             if r? == 0 {
                 return Err(io::Error::new(
@@ -853,14 +868,16 @@ impl StdioClient {
     /// Adopts the child's stdio in this runtime; initializes the session
     /// the first time.
     pub async fn adopt(child: &mut StdioChild, name: String) -> Result<Client, String> {
-        let s = child
+        let (r, w) = child
             .ours
             .as_ref()
             .ok_or("child stopped")?
             .try_clone()
+            .and_then(Ends::into_monoio)
             .map_err(|e| e.to_string())?;
         let mut conn = LineConn {
-            s: UnixStream::from_std(s).map_err(|e| e.to_string())?,
+            r,
+            w,
             buf: Vec::with_capacity(READ_BYTES),
             out: Vec::with_capacity(512),
         };

@@ -1,9 +1,8 @@
 //! One stdio MCP server child: spawn, line I/O, stop, reap.
 //!
-//! stdin and stdout are one end of a `socketpair` (fd 0 and fd 1 of the
-//! child), which works on both monoio drivers, unlike pipes wrapped as files
-//! (io_uring only). stderr is a second socketpair read by a task that logs it
-//! (see `stderr.rs`). The child leads its own process group, because `npx`
+//! stdin and stdout are two pipes on io_uring and one end of a `socketpair`
+//! on epoll (see `stdio.rs`). stderr is a socketpair read by a task that logs
+//! it (see `stderr.rs`). The child leads its own process group, because `npx`
 //! runs the real server as a grandchild (npm -> sh -> node): every signal goes
 //! to the whole group.
 //!
@@ -21,18 +20,17 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::process::ExitStatus;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::io::{OwnedReadHalf, Splitable};
 use monoio::net::UnixStream;
 
 use super::reader::{LineReader, Next};
 pub use super::reaper::ChildSpec;
 use super::reaper::{self, ExitWatch, LiveSlot};
 use super::stderr::{self, StderrCtx, StderrStats};
+use super::stdio::{self, Stdout};
 pub use super::writer::ChildWriter;
 
 /// Session shown in stderr logs before the child is handed to a session.
@@ -115,20 +113,20 @@ impl Child {
     /// monoio runtime (the stderr task is spawned on it; the sockets
     /// register with its driver).
     pub async fn spawn(spec: &ChildSpec, opts: SpawnOptions) -> io::Result<Child> {
-        let spawned = reaper::spawn(spec.clone(), opts.live).await?;
+        let spawned = reaper::spawn(spec.clone(), stdio::thread_io(), opts.live).await?;
         let pid = spawned.pid;
-        let wired = UnixStream::from_std(spawned.stdio)
+        let wired = spawned
+            .stdio
+            .into_monoio()
             .and_then(|s| Ok((s, UnixStream::from_std(spawned.stderr)?)));
-        let (stream, err_stream) = match wired {
+        let ((rd, wr), err_stream) = match wired {
             Ok(s) => s,
             Err(e) => {
                 spawned.exit.abandon();
                 return Err(e);
             }
         };
-        let fd = stream.as_raw_fd();
-        let (rd, wr) = stream.into_split();
-        let writer = ChildWriter::new(wr, fd);
+        let writer = ChildWriter::new(wr);
         let session: Rc<RefCell<Rc<str>>> = Rc::new(RefCell::new(Rc::from(NO_SESSION)));
         let stats = Rc::new(Cell::new(StderrStats::default()));
         let stdout_closed = Rc::new(Cell::new(false));
@@ -201,7 +199,7 @@ impl Child {
 
 /// Reads the child's stdout, one line at a time. Cancel-safe.
 pub struct ChildReader {
-    lines: LineReader<OwnedReadHalf<UnixStream>>,
+    lines: LineReader<Stdout>,
     limit: usize,
     /// Shared with the handle: the child closed its stdout (EOF read).
     stdout_closed: Rc<Cell<bool>>,

@@ -11,7 +11,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use monoio::buf::{IoBufMut, SliceMut};
-use monoio::io::AsyncReadRent;
+use monoio::io::{AsyncReadRent, OwnedReadHalf};
+use monoio::net::UnixStream;
 use monoio::BufResult;
 
 /// Bytes requested from the kernel per read when the buffer has less room.
@@ -37,6 +38,24 @@ pub enum Next {
     Error(std::io::Error),
 }
 
+/// What a [`LineReader`] (or a stderr task) reads from: a socket, or a
+/// child's stdout pipe (`stdio.rs`), which is no `AsyncReadRent`.
+pub trait ReadSource: 'static {
+    fn read_some<B: IoBufMut>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>>;
+}
+
+impl ReadSource for UnixStream {
+    fn read_some<B: IoBufMut>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
+        self.read(buf)
+    }
+}
+
+impl ReadSource for OwnedReadHalf<UnixStream> {
+    fn read_some<B: IoBufMut>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
+        self.read(buf)
+    }
+}
+
 pub struct LineReader<R> {
     src: Source<R>,
     buf: Vec<u8>,
@@ -48,7 +67,7 @@ pub struct LineReader<R> {
     max: usize,
 }
 
-impl<R: AsyncReadRent + 'static> LineReader<R> {
+impl<R: ReadSource> LineReader<R> {
     pub fn new(src: R, max_line_bytes: usize) -> Self {
         LineReader {
             src: Source::Idle(src),
@@ -164,11 +183,8 @@ impl<R: AsyncReadRent + 'static> LineReader<R> {
 }
 
 /// A read that owns its stream, so it can outlive the caller's future.
-pub async fn read_owned<R: AsyncReadRent, B: IoBufMut>(
-    mut r: R,
-    buf: B,
-) -> (R, BufResult<usize, B>) {
-    let res = r.read(buf).await;
+pub async fn read_owned<R: ReadSource, B: IoBufMut>(mut r: R, buf: B) -> (R, BufResult<usize, B>) {
+    let res = r.read_some(buf).await;
     (r, res)
 }
 

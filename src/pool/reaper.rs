@@ -37,6 +37,8 @@ use std::process::{Child as StdChild, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use super::stdio::{ChildIo, Ends};
+
 /// What to run. `env` is added to the inherited environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildSpec {
@@ -47,7 +49,7 @@ pub struct ChildSpec {
 
 impl ChildSpec {
     /// What runs for an MCP target: its command, arguments and environment.
-    /// A child's stdin is a socket, not a terminal, and npx then refuses to
+    /// A child's stdin is a pipe or a socket, not a terminal, and npx then refuses to
     /// fetch a package it has not cached unless told yes; the seed config
     /// relies on it fetching.
     pub fn of_target(t: &crate::config::McpTarget) -> ChildSpec {
@@ -134,7 +136,7 @@ pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
 /// stdio and stderr sockets (blocking mode off), and its exit.
 pub(crate) struct Spawned {
     pub pid: u32,
-    pub stdio: StdUnixStream,
+    pub stdio: Ends,
     pub stderr: StdUnixStream,
     pub exit: ExitWatch,
 }
@@ -220,14 +222,19 @@ pub fn reap_orphans() -> usize {
 /// Spawns `spec` on the process thread; `slot` is given back when the child
 /// is reaped (or at once if the spawn fails). The child leads its own
 /// process group, inherits only fds 0-2, and dies with ringgate (SIGKILL).
-pub(crate) async fn spawn(spec: ChildSpec, slot: Option<LiveSlot>) -> io::Result<Spawned> {
-    procs()?.spawn(spec, slot).await
+pub(crate) async fn spawn(
+    spec: ChildSpec,
+    io: ChildIo,
+    slot: Option<LiveSlot>,
+) -> io::Result<Spawned> {
+    procs()?.spawn(spec, io, slot).await
 }
 
 // ------------------------------------------------------------ the thread
 
 struct SpawnRequest {
     spec: ChildSpec,
+    io: ChildIo,
     slot: Option<LiveSlot>,
     reply: flume::Sender<io::Result<Spawned>>,
 }
@@ -284,11 +291,17 @@ impl Procs {
     pub(crate) async fn spawn(
         &self,
         spec: ChildSpec,
+        io: ChildIo,
         slot: Option<LiveSlot>,
     ) -> io::Result<Spawned> {
         let (reply, answer) = flume::bounded(1);
         self.tx
-            .send(SpawnRequest { spec, slot, reply })
+            .send(SpawnRequest {
+                spec,
+                io,
+                slot,
+                reply,
+            })
             .map_err(|_| io::Error::other("the process thread is gone"))?;
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
@@ -359,7 +372,7 @@ impl Thread {
     }
 
     fn serve(&mut self, req: SpawnRequest) {
-        let (entry, spawned) = match fork_exec(&req.spec, self.use_pidfd) {
+        let (entry, spawned) = match fork_exec(&req.spec, req.io, self.use_pidfd) {
             Ok(x) => x,
             Err(e) => {
                 // The slot goes back with the request.
@@ -409,19 +422,17 @@ fn reap(e: &mut Entry) -> bool {
 }
 
 /// Forks and execs `spec` (on the process thread).
-fn fork_exec(spec: &ChildSpec, use_pidfd: bool) -> io::Result<(Entry, Spawned)> {
-    let (ours, theirs) = StdUnixStream::pair()?;
+fn fork_exec(spec: &ChildSpec, io: ChildIo, use_pidfd: bool) -> io::Result<(Entry, Spawned)> {
+    let (ours, theirs) = Ends::open(io)?;
     let (err_ours, err_theirs) = StdUnixStream::pair()?;
-    let theirs_out = theirs.try_clone()?;
     // monoio's epoll driver expects non-blocking fds; io_uring is fine
     // with them too.
-    ours.set_nonblocking(true)?;
     err_ours.set_nonblocking(true)?;
     let mut cmd = Command::new(&spec.cmd);
     cmd.args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .stdout(Stdio::from(OwnedFd::from(theirs_out)))
+        .stdin(Stdio::from(theirs.stdin))
+        .stdout(Stdio::from(theirs.stdout))
         .stderr(Stdio::from(OwnedFd::from(err_theirs)))
         .process_group(0);
     before_exec(&mut cmd);
@@ -603,25 +614,40 @@ mod tests {
             rt.block_on(async {
                 let live = Arc::new(AtomicUsize::new(0));
                 let slot = LiveSlot::try_acquire(&live, 4);
-                let c = procs.spawn(sh("exit 7"), slot).await.unwrap();
+                let c = procs
+                    .spawn(sh("exit 7"), ChildIo::Socketpair, slot)
+                    .await
+                    .unwrap();
                 assert_eq!(c.exit.wait().await.code(), Some(7), "pidfd {use_pidfd}");
                 assert_eq!(live.load(Ordering::Acquire), 0);
                 assert!(reaped(c.pid));
 
                 let slot = LiveSlot::try_acquire(&live, 4);
-                let c = procs.spawn(sh("exec sleep 1000"), slot).await.unwrap();
+                let c = procs
+                    .spawn(sh("exec sleep 1000"), ChildIo::Socketpair, slot)
+                    .await
+                    .unwrap();
                 assert_eq!(c.exit.status(), None);
                 assert!(c.exit.signal_group(libc::SIGTERM));
                 assert_eq!(c.exit.wait().await.signal(), Some(libc::SIGTERM));
                 assert!(!c.exit.signal_group(libc::SIGTERM), "reaped: no signal");
                 assert!(reaped(c.pid));
 
-                let c = procs.spawn(sh("exec sleep 1000"), None).await.unwrap();
+                let c = procs
+                    .spawn(sh("exec sleep 1000"), ChildIo::Socketpair, None)
+                    .await
+                    .unwrap();
                 assert_eq!(c.exit.abandon(), None);
                 assert_eq!(c.exit.wait().await.signal(), Some(libc::SIGKILL));
                 assert!(reaped(c.pid));
 
-                let e = procs.spawn(sh("x").with_cmd("/nonexistent/x"), None).await;
+                let e = procs
+                    .spawn(
+                        sh("x").with_cmd("/nonexistent/x"),
+                        ChildIo::Socketpair,
+                        None,
+                    )
+                    .await;
                 assert!(e.is_err());
             });
         }

@@ -9,14 +9,11 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
-use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use monoio::io::{AsyncWriteRentExt, OwnedWriteHalf};
-use monoio::net::UnixStream;
-
 use super::reaper;
+use super::stdio::{Eof, Stdin};
 
 /// A send buffer larger than this is not kept for the next line.
 const KEEP_SEND_BUF_BYTES: usize = 64 * 1024;
@@ -27,11 +24,12 @@ pub struct ChildWriter(Rc<WriterInner>);
 
 struct WriterInner {
     /// `None` while a send holds it: that is the lock that keeps lines whole.
-    stream: RefCell<Option<OwnedWriteHalf<UnixStream>>>,
-    /// The socket's fd, for `shutdown` while a send may hold the stream. The
-    /// socket stays open as long as this struct lives: the write half always
-    /// comes back here (see `SendGuard`), and it keeps the socket alive.
-    fd: RawFd,
+    stream: RefCell<Option<Stdin>>,
+    /// How `close` gives the child EOF. A socket's fd stays open as long as
+    /// this struct lives: its write half always comes back here (see
+    /// `SendGuard`). A pipe is closed by dropping it, here or, when a send
+    /// holds it, by that send's guard.
+    eof: Eof,
     closed: Cell<bool>,
     /// A send was cancelled or failed mid-line: the stream may hold half a
     /// line, so nothing more can be framed on it.
@@ -43,8 +41,13 @@ struct WriterInner {
 impl WriterInner {
     fn close(&self) {
         if !self.closed.replace(true) {
-            if let Err(e) = reaper::shutdown_write(self.fd) {
-                tracing::debug!(target: "child", error = %e, "shutdown of child stdin failed");
+            match self.eof {
+                Eof::Shutdown(fd) => {
+                    if let Err(e) = reaper::shutdown_write(fd) {
+                        tracing::debug!(target: "child", error = %e, "shutdown of child stdin failed");
+                    }
+                }
+                Eof::Close => drop(self.stream.borrow_mut().take()),
             }
         }
         self.wake_all();
@@ -63,7 +66,7 @@ impl WriterInner {
 /// dropped halfway, marking the stream poisoned in that case.
 struct SendGuard<'a> {
     inner: &'a WriterInner,
-    stream: Option<OwnedWriteHalf<UnixStream>>,
+    stream: Option<Stdin>,
     complete: bool,
 }
 
@@ -72,16 +75,20 @@ impl Drop for SendGuard<'_> {
         if !self.complete {
             self.inner.poisoned.set(true);
         }
-        *self.inner.stream.borrow_mut() = self.stream.take();
+        let stream = self.stream.take();
+        // A pipe closed while this send held it is closed now.
+        if !(self.inner.closed.get() && matches!(self.inner.eof, Eof::Close)) {
+            *self.inner.stream.borrow_mut() = stream;
+        }
         self.inner.wake_all();
     }
 }
 
 impl ChildWriter {
-    pub(crate) fn new(stream: OwnedWriteHalf<UnixStream>, fd: RawFd) -> Self {
+    pub(crate) fn new(stream: Stdin) -> Self {
         ChildWriter(Rc::new(WriterInner {
+            eof: stream.eof(),
             stream: RefCell::new(Some(stream)),
-            fd,
             closed: Cell::new(false),
             poisoned: Cell::new(false),
             waiters: RefCell::new(VecDeque::new()),
