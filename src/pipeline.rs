@@ -70,8 +70,10 @@ pub async fn admit<'c>(
     req: &Request<'_>,
     memo: &mut auth::ConnMemo,
 ) -> Admission<'c> {
+    // Every way out replaces this answer (`finish`, a CORS answer, a
+    // denial), so it is left without headers: nothing is allocated for it.
     let mut out = Handled {
-        resp: Response::text(404, "no route matches this request"),
+        resp: Response::new(404),
         route: None,
         authz: None,
         authz_source: None,
@@ -168,7 +170,7 @@ pub async fn respond<'c>(
                 None => None,
             };
             let (resp, log) = endpoint::handle(&ctx.worker.mcp, m, req, identity, authz).await;
-            admitted.out.mcp = Some(log);
+            admitted.out.mcp = Some(Box::new(log));
             resp
         }
         None => Response::text(503, "no backend configured for this route"),

@@ -98,7 +98,9 @@ pub struct Handled<'c> {
     pub route: Option<&'c Route>,
     pub authz: Option<Rc<Decision>>,
     pub authz_source: Option<Source>,
-    pub mcp: Option<McpLog>,
+    /// Boxed: a `Handled` is moved several times per request, and most
+    /// requests have none.
+    pub mcp: Option<Box<McpLog>>,
 }
 
 /// What the access log says about an MCP request.
