@@ -98,3 +98,48 @@ fn server_requests_reach_the_client_and_its_answers_reach_the_child() {
     );
     assert_eq!(v["get_stream_opened"], true, "{v:#}");
 }
+
+/// A worker's children get a pipe each for stdin and stdout on io_uring and
+/// one socket for both on epoll (`pool::stdio`), and the SDK's session works
+/// over either.
+#[test]
+fn children_get_pipes_on_io_uring_and_a_socket_on_epoll() {
+    for (driver, kind) in [("io_uring", "pipe:"), ("epoll", "socket:")] {
+        let fake = FakeTailscaled::builder()
+            .user(
+                "127.0.0.2",
+                "alice-laptop.tail1234.ts.net.",
+                "alice@example.com",
+            )
+            .start();
+        let yaml = support::mcp::seed_config(&fake.target(), 1, "");
+        let p = Proxy::start(&yaml, &["--io-driver", driver]);
+        let deadline = Instant::now() + WAIT;
+        let children = loop {
+            let c = children_of(p.pid());
+            if !c.is_empty() {
+                break c;
+            }
+            assert!(Instant::now() < deadline, "{driver}: no warm child");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for (pid, _) in children {
+            let link = |fd: u32| {
+                std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                    .map(|l| l.display().to_string())
+                    .unwrap_or_default()
+            };
+            let (stdin, stdout) = (link(0), link(1));
+            assert!(stdin.starts_with(kind), "{driver}: child stdin {stdin}");
+            assert!(stdout.starts_with(kind), "{driver}: child stdout {stdout}");
+            assert_eq!(
+                stdin == stdout,
+                kind == "socket:",
+                "{driver}: {stdin} {stdout}"
+            );
+        }
+        let url = format!("http://{}/mcp", p.addr());
+        let v = python_client(&url, "127.0.0.2", "full");
+        support::mcp::assert_full_scenario(&v);
+    }
+}
