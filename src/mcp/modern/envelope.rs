@@ -134,8 +134,12 @@ pub fn span(whole: &str, part: &RawValue) -> Range<usize> {
 }
 
 /// Cheap pre-check before a full parse: could this body carry the envelope?
+/// The searcher is built once (building it was about 1% of ringgate's CPU
+/// per forwarded call).
 pub fn mentions_version_key(body: &[u8]) -> bool {
-    memchr::memmem::find(body, PROTOCOL_VERSION_KEY.as_bytes()).is_some()
+    static KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(PROTOCOL_VERSION_KEY));
+    KEY.find(body).is_some()
 }
 
 #[cfg(test)]
