@@ -133,7 +133,8 @@ pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
 // ------------------------------------------------------------ worker side
 
 /// A spawned child as the worker receives it: its pid, our ends of its
-/// stdio and stderr sockets (blocking mode off), and its exit.
+/// stdin and stdout (see `stdio.rs`) and of its stderr socket (blocking
+/// mode off), and its exit.
 pub(crate) struct Spawned {
     pub pid: u32,
     pub stdio: Ends,
