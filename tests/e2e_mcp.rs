@@ -26,6 +26,11 @@ fn python_client_with(url: &str, src: &str, scenario: &str, extra: &[&str]) -> V
 /// The fake tailscaled knowing alice at 127.0.0.2, ringgate on the seed
 /// config with two workers, and the MCP URL.
 fn start_alice() -> (FakeTailscaled, Proxy, String) {
+    start_alice_with(2, &[])
+}
+
+/// The same with `threads` workers and more command-line `args`.
+fn start_alice_with(threads: usize, args: &[&str]) -> (FakeTailscaled, Proxy, String) {
     let fake = FakeTailscaled::builder()
         .user(
             "127.0.0.2",
@@ -33,7 +38,10 @@ fn start_alice() -> (FakeTailscaled, Proxy, String) {
             "alice@example.com",
         )
         .start();
-    let p = Proxy::start(&support::mcp::seed_config(&fake.target(), 2, ""), &[]);
+    let p = Proxy::start(
+        &support::mcp::seed_config(&fake.target(), threads, ""),
+        args,
+    );
     let url = format!("http://{}/mcp", p.addr());
     (fake, p, url)
 }
@@ -105,15 +113,7 @@ fn server_requests_reach_the_client_and_its_answers_reach_the_child() {
 #[test]
 fn children_get_pipes_on_io_uring_and_a_socket_on_epoll() {
     for (driver, kind) in [("io_uring", "pipe:"), ("epoll", "socket:")] {
-        let fake = FakeTailscaled::builder()
-            .user(
-                "127.0.0.2",
-                "alice-laptop.tail1234.ts.net.",
-                "alice@example.com",
-            )
-            .start();
-        let yaml = support::mcp::seed_config(&fake.target(), 1, "");
-        let p = Proxy::start(&yaml, &["--io-driver", driver]);
+        let (_fake, p, url) = start_alice_with(1, &["--io-driver", driver]);
         let deadline = Instant::now() + WAIT;
         let children = loop {
             let c = children_of(p.pid());
@@ -138,7 +138,6 @@ fn children_get_pipes_on_io_uring_and_a_socket_on_epoll() {
                 "{driver}: {stdin} {stdout}"
             );
         }
-        let url = format!("http://{}/mcp", p.addr());
         let v = python_client(&url, "127.0.0.2", "full");
         support::mcp::assert_full_scenario(&v);
     }
