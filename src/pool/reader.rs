@@ -11,8 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use monoio::buf::{IoBufMut, SliceMut};
-use monoio::io::{AsyncReadRent, OwnedReadHalf};
-use monoio::net::UnixStream;
+use monoio::io::AsyncReadRent;
 use monoio::BufResult;
 
 /// Bytes requested from the kernel per read when the buffer has less room.
@@ -44,13 +43,8 @@ pub trait ReadSource: 'static {
     fn read_some<B: IoBufMut>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>>;
 }
 
-impl ReadSource for UnixStream {
-    fn read_some<B: IoBufMut>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
-        self.read(buf)
-    }
-}
-
-impl ReadSource for OwnedReadHalf<UnixStream> {
+/// Sockets and their halves read as they always do.
+impl<R: AsyncReadRent + 'static> ReadSource for R {
     fn read_some<B: IoBufMut>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
         self.read(buf)
     }
