@@ -47,7 +47,7 @@ pub fn set_thread_io(io: ChildIo) {
     THREAD_IO.with(|c| c.set(io));
 }
 
-pub fn thread_io() -> ChildIo {
+pub(crate) fn thread_io() -> ChildIo {
     THREAD_IO.with(Cell::get)
 }
 
