@@ -115,12 +115,20 @@ fn children_get_pipes_on_io_uring_and_a_socket_on_epoll() {
     for (driver, kind) in [("io_uring", "pipe:"), ("epoll", "socket:")] {
         let (_fake, p, url) = start_alice_with(1, &["--io-driver", driver]);
         let deadline = Instant::now() + WAIT;
+        // Children that run node: one forked a moment ago may not have its
+        // stdio in place yet.
+        let is_node = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "node")
+        };
         let children = loop {
             let c = children_of(p.pid());
-            if !c.is_empty() {
+            if !c.is_empty() && c.iter().all(|(pid, _)| is_node(*pid)) {
                 break c;
             }
-            assert!(Instant::now() < deadline, "{driver}: no warm child");
+            assert!(
+                Instant::now() < deadline,
+                "{driver}: no warm child running node"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         for (pid, _) in children {
